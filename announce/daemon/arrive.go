@@ -1,0 +1,189 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/selfannounce/selfannounce/announce"
+	"github.com/selfannounce/selfannounce/announce/burst"
+	"github.com/selfannounce/selfannounce/announce/resolve"
+)
+
+// resolveTimeout bounds a resolver round trip (xenstore, file reads): an
+// arrival must not hang behind a wedged xenstored.
+const resolveTimeout = 2 * time.Second
+
+// arrive handles one arrival of p, detected by `by` at `at`.
+func (dm *Daemon) arrive(p *port, by string, at time.Time) {
+	p.announced = true
+	if m := dm.d.Metrics; m != nil {
+		m.Arrivals.Inc()
+		m.LastArrival.Set(float64(at.UnixNano()) / 1e9)
+	}
+	dm.announce(p, by, at)
+}
+
+// announce resolves the guest, applies the one-burst-per-arrival and flap
+// rules, and starts the burst.
+func (dm *Daemon) announce(p *port, by string, at time.Time) {
+	log := dm.d.Log.With(zap.String("port", p.name), zap.String("trigger", by))
+	g, err := dm.identify(p)
+	if err != nil {
+		log.Warn("not announced: "+err.Error(), zap.String("port", p.name))
+		if m := dm.d.Metrics; m != nil {
+			m.ResolveFailures.Inc()
+		}
+		return
+	}
+	key := g.MAC.String()
+	gs := dm.guests[key]
+	if gs == nil {
+		gs = &guest{}
+		dm.guests[key] = gs
+	}
+	now := dm.d.Now()
+	if dm.d.Engine.Active(key) {
+		// The same guest through its other port (vifN.M and its -emu
+		// tap), or a second signal of the same arrival (libvirt resume
+		// after QEMU's frame): one burst per arrival.
+		dm.suppressed(log, key, "a burst for this MAC is already running")
+		return
+	}
+	if hold := dm.cfg.FlapHolddown; !gs.lastStart.IsZero() && now.Sub(gs.lastStart) < hold {
+		// Flap guard: defer to the end of the holddown rather than drop,
+		// so the last arrival of a flapping guest is still announced.
+		gs.pending = p.key
+		if gs.deferred == nil {
+			gs.deferred = time.AfterFunc(gs.lastStart.Add(hold).Sub(now), func() { dm.fireDeferred(key) })
+		}
+		dm.suppressed(log, key, "flap guard: deferred to the end of the holddown")
+		return
+	}
+	dm.start(p, g, gs, by, at, log)
+}
+
+func (dm *Daemon) suppressed(log *zap.Logger, mac, why string) {
+	log.Debug("burst suppressed", zap.String("mac", mac), zap.String("reason", why))
+	if m := dm.d.Metrics; m != nil {
+		m.Bursts.WithLabelValues("suppressed").Inc()
+	}
+}
+
+func (dm *Daemon) fireDeferred(mac string) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	gs := dm.guests[mac]
+	if gs == nil || dm.closed {
+		return
+	}
+	gs.deferred = nil
+	p := dm.ports[gs.pending]
+	gs.pending = ""
+	if p == nil || !p.ready || !p.announced {
+		return
+	}
+	dm.announce(p, "flap-deferred", dm.d.Now())
+}
+
+// identify asks the resolvers, falls back to the triggering frame's source
+// for guest-frame ports, and drops anything this host owns.
+func (dm *Daemon) identify(p *port) (announce.Guest, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	var g announce.Guest
+	ok := false
+	var rerr error
+	if dm.d.Resolve != nil {
+		g, ok, rerr = dm.d.Resolve(ctx, p.name)
+	}
+	if !ok && p.trigger == "guest-frame" && p.frameMAC != nil && announce.CheckGuestMAC(p.frameMAC) == nil {
+		g, ok = announce.Guest{MAC: p.frameMAC, Source: "frame"}, true
+	}
+	if !ok {
+		if rerr != nil {
+			return g, errf("no resolver knows the guest (%v)", rerr)
+		}
+		return g, errf("no resolver knows the guest")
+	}
+	if dm.d.HostOwned != nil {
+		macs, ips, err := dm.d.HostOwned(ctx)
+		if err != nil {
+			return g, errf("cannot list this host's addresses: %v", err)
+		}
+		if g, err = resolve.DropHostOwned(g, macs, ips); err != nil {
+			return g, err
+		}
+	}
+	return g, nil
+}
+
+func (dm *Daemon) start(p *port, g announce.Guest, gs *guest, by string, at time.Time, log *zap.Logger) {
+	planner := dm.d.Linux
+	if p.backend == ovsBridge {
+		planner = dm.d.OVS
+	}
+	if planner == nil {
+		log.Error("no sender for this port's backend")
+		return
+	}
+	pl, err := planner.Plan(p.name, g)
+	if err != nil {
+		log.Warn("not announced: "+err.Error(), zap.Stringer("mac", g.MAC))
+		return
+	}
+	if pl.Repair != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+		_, err := pl.Repair(ctx)
+		cancel()
+		if err != nil {
+			log.Warn("not announced: bridge repair failed: "+err.Error(), zap.Stringer("mac", g.MAC))
+			return
+		}
+	}
+	key := g.MAC.String()
+	gs.lastStart = dm.d.Now()
+	gs.owner = p.key
+	m := dm.d.Metrics
+	ips := g.IPs
+	name := p.name
+	err = dm.d.Engine.Start(&burst.Burst{
+		Key:      key,
+		Packets:  pl.Packets,
+		Schedule: dm.cfg.Schedule,
+		// Done runs on the engine's goroutine, sometimes inside Cancel
+		// while dm.mu is held: it must only log and count.
+		Done: func(r burst.Result) {
+			result := "completed"
+			if r.Cancelled {
+				result = "cancelled"
+			}
+			fields := []zap.Field{zap.String("port", name), zap.String("mac", key), zap.Stringers("ips", ips),
+				zap.String("trigger", by), zap.String("source", g.Source), zap.String("result", result),
+				zap.Int("frames", r.Frames), zap.Int("rounds", r.Rounds)}
+			if !r.FirstFrame.IsZero() {
+				lat := r.FirstFrame.Sub(at)
+				fields = append(fields, zap.Duration("latency", lat))
+				if m != nil {
+					m.Latency.Observe(lat.Seconds())
+					m.LastBurst.Set(float64(r.FirstFrame.UnixNano()) / 1e9)
+				}
+			}
+			if r.Failed > 0 {
+				fields = append(fields, zap.Int("failed", r.Failed), zap.Error(r.Err))
+			}
+			if m != nil {
+				m.Bursts.WithLabelValues(result).Inc()
+			}
+			dm.d.Log.Info("burst", fields...)
+		},
+	})
+	if err != nil {
+		log.Error("burst not started", zap.Error(err))
+		return
+	}
+	if m != nil {
+		m.Bursts.WithLabelValues("started").Inc()
+	}
+}

@@ -1,0 +1,5 @@
+package daemon
+
+import "fmt"
+
+func errf(format string, a ...any) error { return fmt.Errorf(format, a...) }

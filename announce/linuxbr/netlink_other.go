@@ -1,0 +1,26 @@
+//go:build !linux
+
+package linuxbr
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+var errNotLinux = errors.New("Linux bridges exist only on Linux")
+
+// NewHost returns a Host that reads sysfs under sysRoot; the VLAN table is
+// unavailable off Linux.
+func NewHost(sysRoot string) Host { return &SysfsHost{Root: sysRoot} }
+
+type noFDB struct{}
+
+func dialFDB(context.Context) (*noFDB, error)  { return nil, errNotLinux }
+func (*noFDB) Close() error                    { return nil }
+func (*noFDB) entries(int) ([]fdbEntry, error) { return nil, errNotLinux }
+func (*noFDB) links() ([]Link, error)          { return nil, errNotLinux }
+func (*noFDB) move(int, net.HardwareAddr, uint16) error {
+	return errNotLinux
+}
+func (*noFDB) remove(fdbEntry) error { return errNotLinux }

@@ -1,0 +1,212 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/selfannounce/selfannounce/announce"
+	"github.com/selfannounce/selfannounce/announce/burst"
+	"github.com/selfannounce/selfannounce/announce/config"
+	"github.com/selfannounce/selfannounce/announce/daemon"
+	"github.com/selfannounce/selfannounce/announce/guestframe"
+	"github.com/selfannounce/selfannounce/announce/linuxbr"
+	"github.com/selfannounce/selfannounce/announce/metrics"
+	"github.com/selfannounce/selfannounce/announce/netwatch"
+	"github.com/selfannounce/selfannounce/announce/plan"
+	"github.com/selfannounce/selfannounce/announce/send"
+)
+
+type daemonCmd struct {
+	g                *globals
+	configFile       string
+	announceExisting bool
+	metricsListen    string
+	netlinkRcvbuf    int
+}
+
+func newDaemonCommand(g *globals) *cobra.Command {
+	d := &daemonCmd{g: g}
+	c := &cobra.Command{
+		Use:   "daemon",
+		Short: "Announce every VM arrival on this host at the moment it really arrives",
+		Long: `daemon watches VM ports (Xen vifs, emulated-NIC taps, libvirt vnets) join
+bridges, over rtnetlink, without polling. When a port is attached, up, has
+carrier and forwards, and its trigger fires (carrier for Xen netback vifs, a
+first frame from the guest for taps), it announces the guest through the path
+its own frames would take, on QEMU's schedule.
+
+Ports already ready when it starts are not announced (--announce-existing
+changes that). SIGHUP reloads the config; a bad file keeps the old one.
+SIGTERM ends bursts in flight and exits. It notifies systemd (Type=notify)
+and feeds its watchdog.`,
+		Args: cobra.NoArgs,
+		RunE: d.run,
+	}
+	f := c.Flags()
+	f.StringVar(&d.configFile, "config", config.DefaultPath, "YAML config file; the daemon runs on defaults if the default file is absent")
+	f.BoolVar(&d.announceExisting, "announce-existing", false, "also announce ports that are already ready at start")
+	f.StringVar(&d.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this host:port (default from config, "+config.DefaultMetricsListen+"; \"off\" disables)")
+	f.IntVar(&d.netlinkRcvbuf, "netlink-rcvbuf", 0, "netlink receive buffer in bytes (default 4 MiB; tests shrink it to force overruns)")
+	f.Lookup("netlink-rcvbuf").Hidden = true
+	return c
+}
+
+func (d *daemonCmd) load(cmd *cobra.Command) (*config.Config, error) {
+	cfg, err := config.Load(d.configFile, cmd.Flags().Changed("config"))
+	if err != nil {
+		return nil, err
+	}
+	if d.announceExisting {
+		cfg.AnnounceExisting = true
+	}
+	switch {
+	case d.metricsListen == "off":
+		cfg.MetricsListen = ""
+	case d.metricsListen != "":
+		cfg.MetricsListen = d.metricsListen
+	}
+	return cfg, nil
+}
+
+func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
+	log, err := d.g.logger()
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	cfg, err := d.load(cmd)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if err := send.CheckRaw(); err != nil {
+		return runtimeErr(err)
+	}
+	m := metrics.New()
+	if cfg.MetricsListen != "" {
+		stop, err := m.Serve(cfg.MetricsListen)
+		if err != nil {
+			return runtimeErr(fmt.Errorf("metrics: %w", err))
+		}
+		defer stop()
+	}
+	sender := send.NewPacketSender()
+	defer sender.Close()
+	engine := burst.New(cfg.Rate, m)
+	defer engine.Close()
+
+	res := &reloadable{}
+	res.set(cfg)
+	defer res.close()
+	dm := daemon.New(cfg, daemon.Deps{
+		Log:     log,
+		Engine:  engine,
+		Linux:   &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys")},
+		Metrics: m,
+		Resolve: func(ctx context.Context, port string) (announce.Guest, bool, error) {
+			g, ok, errs := res.get().Resolve(ctx, port)
+			if len(errs) > 0 {
+				return g, ok, errors.Join(errs...)
+			}
+			return g, ok, nil
+		},
+		HostOwned: func(ctx context.Context) ([]netHW, []netIP, error) {
+			return hostOwned(dm0(res).VMPorts)(ctx)
+		},
+		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },
+	})
+	defer dm.Close()
+
+	var opts []netwatch.Option
+	if d.netlinkRcvbuf > 0 {
+		opts = append(opts, netwatch.WithReadBuffer(d.netlinkRcvbuf))
+	}
+	w, err := netwatch.New(opts...)
+	if err != nil {
+		return runtimeErr(fmt.Errorf("netlink: %w", err))
+	}
+	defer w.Close()
+
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+	started := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		werr <- w.Run(ctx, func(links []netwatch.Link) {
+			dm.Initial(links)
+			close(started)
+		}, dm.Link)
+	}()
+	select {
+	case <-started:
+	case err := <-werr:
+		return runtimeErr(fmt.Errorf("netlink: %w", err))
+	}
+	log.Info("watching", zap.String("config", d.configFile), zap.Bool("announce_existing", cfg.AnnounceExisting),
+		zap.String("metrics", cfg.MetricsListen), zap.Duration("schedule", cfg.Schedule.Duration()), zap.Int("rate", cfg.Rate))
+	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	startOptional(ctx, log, dm, res)
+
+	// The watchdog ticker is the only timer while idle, and only under
+	// systemd with WatchdogSec set.
+	var wdC <-chan time.Time
+	if iv, err := sddaemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
+		t := time.NewTicker(iv / 2)
+		defer t.Stop()
+		wdC = t.C
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case <-wdC:
+			sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
+		case err := <-werr:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return runtimeErr(fmt.Errorf("netlink watcher stopped: %w", err))
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				sddaemon.SdNotify(false, sddaemon.SdNotifyReloading)
+				ncfg, err := d.load(cmd)
+				if err != nil {
+					log.Error("config reload failed; keeping the old config", zap.Error(err))
+				} else {
+					res.set(ncfg)
+					dm.SetConfig(ncfg)
+					engine.SetRate(ncfg.Rate)
+					log.Info("config reloaded", zap.String("config", d.configFile))
+				}
+				sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+				continue
+			}
+			log.Info("stopping", zap.String("signal", s.String()))
+			sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+			cancel()
+			engine.Close()
+			return nil
+		}
+	}
+}
+
+// linuxPlanner plans with the config in force.
+type linuxPlanner struct {
+	cfg    *reloadable
+	sender send.Sender
+	host   linuxbr.Host
+}
+
+func (l *linuxPlanner) Plan(port string, g announce.Guest) (*plan.Plan, error) {
+	lp := plan.Linux{Host: l.host, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts}
+	return lp.Plan(port, g)
+}

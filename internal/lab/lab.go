@@ -1,0 +1,343 @@
+// Package lab builds the migration lab in network namespaces: a switch (a
+// learning Linux bridge with the 300 s ageing of a real switch), two
+// hypervisor hosts each with a bridge and an uplink to the switch, a client
+// behind the switch, and a silent VM that moves from host A to host B the way
+// a Xen live migration moves it. `make lab` and the end-to-end tests share it.
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/selfannounce/selfannounce/internal/netlab"
+)
+
+// Fixed identities: namespaces are private, so only their names need to be
+// unique.
+const (
+	GuestMAC  = "52:54:00:12:34:56"
+	GuestIP   = "10.0.0.10"
+	GuestIP6  = "fd00::10"
+	ClientIP  = "10.0.0.1"
+	ClientMAC = "02:00:00:00:00:01"
+	Bridge    = "xenbr0"
+	SrcVif    = "vif1.0" // domid 1 on host A
+	DstVif    = "vif2.0" // domid 2 on host B after the migration
+)
+
+// Options shape the topology.
+type Options struct {
+	// STPForwardDelay, when non-zero, turns STP on for host B's bridge.
+	STPForwardDelay time.Duration
+}
+
+// Lab is a built topology.
+type Lab struct {
+	Switch, HostA, HostB, Client, VM *netlab.NS
+	opts                             Options
+	all                              []*netlab.NS
+}
+
+// New builds the topology with the VM running on host A.
+func New(opts Options) (*Lab, error) {
+	l := &Lab{opts: opts}
+	lab, err := l.build()
+	if err != nil {
+		l.Close()
+	}
+	return lab, err
+}
+
+func (l *Lab) build() (*Lab, error) {
+	opts := l.opts
+	for _, p := range []struct {
+		ns   **netlab.NS
+		role string
+	}{{&l.Switch, "sw"}, {&l.HostA, "hosta"}, {&l.HostB, "hostb"}, {&l.Client, "client"}, {&l.VM, "vm"}} {
+		n, err := netlab.NewNS(p.role)
+		if err != nil {
+			return nil, err
+		}
+		*p.ns = n
+		l.all = append(l.all, n)
+	}
+	if _, err := l.Switch.Sh(`
+		ip link add sw type bridge ageing_time 30000
+		ip link set sw up`); err != nil {
+		return nil, err
+	}
+	stp := ""
+	if opts.STPForwardDelay > 0 {
+		stp = fmt.Sprintf(" stp_state 1 forward_delay %d", opts.STPForwardDelay.Milliseconds()/10)
+	}
+	for _, h := range []struct {
+		ns   *netlab.NS
+		port string
+		stp  string
+	}{{l.HostA, "pA", ""}, {l.HostB, "pB", stp}} {
+		if _, err := h.ns.Sh(fmt.Sprintf(`
+			ip link add %[1]s type bridge%[2]s
+			ip link set %[1]s up
+			ip link add up0 type veth peer name %[3]s netns %[4]s
+			ip link set up0 master %[1]s up`, Bridge, h.stp, h.port, l.Switch.Name)); err != nil {
+			return nil, err
+		}
+		if _, err := l.Switch.Sh(fmt.Sprintf("ip link set %s master sw up", h.port)); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := l.Client.Sh(fmt.Sprintf(`
+		ip link add eth0 address %s type veth peer name pC netns %s
+		ip addr add %s/24 dev eth0
+		ip link set eth0 up`, ClientMAC, l.Switch.Name, ClientIP)); err != nil {
+		return nil, err
+	}
+	if _, err := l.Switch.Sh("ip link set pC master sw up"); err != nil {
+		return nil, err
+	}
+	// The VM on host A: vif1.0 in the bridge, eth0 in the guest.
+	if _, err := l.HostA.Sh(fmt.Sprintf(`
+		ip link add %[1]s type veth peer name eth0 netns %[2]s
+		ip link set %[1]s master %[3]s up`, SrcVif, l.VM.Name, Bridge)); err != nil {
+		return nil, err
+	}
+	if err := l.guestUp(false); err != nil {
+		return nil, err
+	}
+	// Everyone has met the VM: the client and the guest know each other's
+	// MACs and keep them (a router's ARP cache outlives a migration; so does
+	// the guest's), and host B's bridge has learned the VM's MAC behind its
+	// uplink from the VM's broadcasts, as in the field.
+	// New bridge ports forward only once the kernel's link watch has run
+	// (up to a second after carrier), so the first pings may be lost.
+	if _, err := l.VM.Run("ping", "-c", "1", "-w", "5", "-i", "0.1", ClientIP); err != nil {
+		return nil, fmt.Errorf("lab warm-up ping: %w", err)
+	}
+	if _, err := l.VM.Sh(fmt.Sprintf("ip neigh replace %s lladdr %s dev eth0 nud permanent", ClientIP, ClientMAC)); err != nil {
+		return nil, err
+	}
+	if _, err := l.Client.Sh(fmt.Sprintf("ip neigh replace %s lladdr %s dev eth0 nud permanent", GuestIP, GuestMAC)); err != nil {
+		return nil, err
+	}
+	if port, _ := l.FDBPort(l.HostB, Bridge, GuestMAC); port != "up0" {
+		return nil, fmt.Errorf("lab: host B did not learn the guest MAC behind up0 (got %q)", port)
+	}
+	return l, nil
+}
+
+// guestUp configures the guest's eth0: guest MAC and IP, IPv6 off and no
+// gratuitous ARP, so it sends nothing on its own: a silent VM.
+// After a migration the guest keeps its ARP cache (knownPeer).
+func (l *Lab) guestUp(knownPeer bool) error {
+	script := fmt.Sprintf(`
+		sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+		sysctl -qw net.ipv4.conf.all.arp_notify=0
+		ip link set eth0 address %s
+		ip addr add %s/24 dev eth0
+		ip link set eth0 up`, GuestMAC, GuestIP)
+	if knownPeer {
+		script += fmt.Sprintf("\nip neigh replace %s lladdr %s dev eth0 nud permanent", ClientIP, ClientMAC)
+	}
+	_, err := l.VM.Sh(script)
+	return err
+}
+
+// PlugDestination does what XenServer does before the source VM pauses: the
+// destination vif exists, sits in the bridge and is admin-up, but has no
+// carrier because no guest is connected to it yet.
+func (l *Lab) PlugDestination() error {
+	_, err := l.HostB.Sh(fmt.Sprintf(`
+		ip link add %[1]s type veth peer name ethnew netns %[2]s
+		ip link set %[1]s master %[3]s up`, DstVif, l.VM.Name, Bridge))
+	return err
+}
+
+// Resume ends the migration: the source domain is destroyed (its vif goes
+// away) and the guest's netfront connects on host B, which raises carrier on
+// the destination vif. The guest keeps its MAC, address and ARP cache, and
+// sends nothing. One `ip -batch` keeps the switch-over to about a millisecond,
+// so the outage measured is the network's, not the lab's.
+func (l *Lab) Resume() error {
+	batch := fmt.Sprintf(`link del eth0
+link set ethnew name eth0
+link set eth0 address %s
+addr add %s/24 dev eth0
+link set eth0 up
+neigh replace %s lladdr %s dev eth0 nud permanent
+`, GuestMAC, GuestIP, ClientIP, ClientMAC)
+	cmd := l.VM.Cmd("ip", "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("resume: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Close removes every namespace.
+func (l *Lab) Close() {
+	for _, n := range l.all {
+		n.Close()
+	}
+}
+
+var fdbRe = regexp.MustCompile(`^([0-9a-f:]{17}) dev (\S+)`)
+
+// FDBPort returns the port a bridge forwards mac to, "" if it has no entry.
+func (l *Lab) FDBPort(ns *netlab.NS, bridge, mac string) (string, error) {
+	out, err := ns.Run("bridge", "fdb", "show", "br", bridge)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		m := fdbRe.FindStringSubmatch(line)
+		if m != nil && m[1] == strings.ToLower(mac) && !strings.Contains(line, "permanent") {
+			return m[2], nil
+		}
+	}
+	return "", nil
+}
+
+// SwitchPort says where the switch thinks the guest lives.
+func (l *Lab) SwitchPort() string {
+	p, err := l.FDBPort(l.Switch, "sw", GuestMAC)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	switch p {
+	case "pA":
+		return "pA (host A, stale)"
+	case "pB":
+		return "pB (host B)"
+	case "":
+		return "unknown (flooding)"
+	}
+	return p
+}
+
+// Pinger pings the guest from the client every interval and records replies.
+type Pinger struct {
+	cmd      *exec.Cmd
+	interval time.Duration
+	replies  chan reply
+	done     chan struct{}
+	sent     int
+	got      []reply
+}
+
+type reply struct {
+	seq int
+	at  time.Time
+}
+
+var replyRe = regexp.MustCompile(`^\[(\d+)\.(\d+)\].*icmp_seq=(\d+)`)
+
+// StartPing starts `ping -D` from the client: a real ICMP peer, whose
+// per-reply timestamps give the outage.
+func (l *Lab) StartPing(interval time.Duration, count int) (*Pinger, error) {
+	p := &Pinger{interval: interval, replies: make(chan reply, count+16), done: make(chan struct{}), sent: count}
+	p.cmd = l.Client.Cmd("ping", "-n", "-D", "-i", fmt.Sprintf("%.3f", interval.Seconds()), "-W", "1", "-c", strconv.Itoa(count), GuestIP)
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			m := replyRe.FindStringSubmatch(sc.Text())
+			if m == nil {
+				continue
+			}
+			sec, _ := strconv.ParseInt(m[1], 10, 64)
+			usec, _ := strconv.ParseInt((m[2] + "000000")[:6], 10, 64)
+			seq, _ := strconv.Atoi(m[3])
+			p.got = append(p.got, reply{seq, time.Unix(sec, usec*1000)})
+		}
+	}()
+	return p, nil
+}
+
+// Result summarises what the client saw.
+type Result struct {
+	Sent   int           `json:"sent"`
+	Lost   int           `json:"lost"`
+	Outage time.Duration `json:"outage_ns"` // longest time between two consecutive replies, less one interval
+	Missed []int         `json:"-"`
+}
+
+// Wait waits for ping to finish and summarises.
+func (p *Pinger) Wait(ctx context.Context) (Result, error) {
+	errc := make(chan error, 1)
+	go func() { <-p.done; errc <- p.cmd.Wait() }()
+	select {
+	case <-ctx.Done():
+		p.cmd.Process.Kill()
+		<-errc
+	case <-errc:
+	}
+	seen := map[int]bool{}
+	for _, r := range p.got {
+		seen[r.seq] = true
+	}
+	res := Result{Sent: p.sent}
+	for s := 1; s <= p.sent; s++ {
+		if !seen[s] {
+			res.Lost++
+			res.Missed = append(res.Missed, s)
+		}
+	}
+	// The outage is the longest run of lost pings: a run still going at
+	// the end counts too, which reply timestamps alone would miss.
+	run, worst := 0, 0
+	for s := 1; s <= p.sent; s++ {
+		if seen[s] {
+			run = 0
+			continue
+		}
+		run++
+		worst = max(worst, run)
+	}
+	res.Outage = time.Duration(worst) * p.interval
+	return res, nil
+}
+
+// Report is one scenario's outcome.
+type Report struct {
+	Scenario string `json:"scenario"`
+	Result
+	SwitchPort string `json:"switch_port"`
+	HostBPort  string `json:"host_b_bridge_port"`
+}
+
+func (r Report) String() string {
+	outage := r.Outage.String()
+	if r.Sent > 0 && r.Lost >= r.Sent-1 {
+		outage = "≥ whole run"
+	}
+	return fmt.Sprintf("%-22s sent %4d  lost %4d (%5.1f%%)  outage %-12s switch: guest MAC on %-20s host B bridge: guest MAC on %s",
+		r.Scenario, r.Sent, r.Lost, 100*float64(r.Lost)/math.Max(1, float64(r.Sent)), outage, r.SwitchPort, orNone(r.HostBPort))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// JSON renders the report for scripts.
+func (r Report) JSON() string {
+	b, _ := json.Marshal(r)
+	return string(b)
+}

@@ -1,0 +1,63 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Migration times a silent-VM migration while the client pings the guest.
+type Migration struct {
+	Interval time.Duration // ping interval, 10 ms in the issue's targets
+	Before   time.Duration // pinging before the migration starts
+	After    time.Duration // pinging after the guest resumed
+	Pause    time.Duration // source paused → destination resumed
+	// OnPlugged runs after the destination vif is plugged, before resume.
+	OnPlugged func() error
+	// OnResumed runs right after the guest resumed on host B: the one-shot
+	// agent is started here; the daemon needs nothing.
+	OnResumed func() error
+}
+
+// DefaultMigration is what `make lab` runs.
+func DefaultMigration() Migration {
+	return Migration{Interval: 10 * time.Millisecond, Before: 500 * time.Millisecond, After: 2500 * time.Millisecond, Pause: 20 * time.Millisecond}
+}
+
+// Migrate moves the VM from host A to host B and reports what the client saw.
+func (l *Lab) Migrate(ctx context.Context, name string, m Migration) (Report, error) {
+	count := int((m.Before + m.Pause + m.After) / m.Interval)
+	p, err := l.StartPing(m.Interval, count)
+	if err != nil {
+		return Report{}, err
+	}
+	fail := func(err error) (Report, error) {
+		p.cmd.Process.Kill()
+		p.Wait(ctx)
+		return Report{}, err
+	}
+	time.Sleep(m.Before)
+	if err := l.PlugDestination(); err != nil {
+		return fail(fmt.Errorf("plug destination: %w", err))
+	}
+	if m.OnPlugged != nil {
+		if err := m.OnPlugged(); err != nil {
+			return fail(err)
+		}
+	}
+	time.Sleep(m.Pause)
+	if err := l.Resume(); err != nil {
+		return fail(fmt.Errorf("resume: %w", err))
+	}
+	if m.OnResumed != nil {
+		if err := m.OnResumed(); err != nil {
+			return fail(err)
+		}
+	}
+	res, err := p.Wait(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	hb, _ := l.FDBPort(l.HostB, Bridge, GuestMAC)
+	return Report{Scenario: name, Result: res, SwitchPort: l.SwitchPort(), HostBPort: hb}, nil
+}

@@ -1,0 +1,42 @@
+// Package testbin builds the real announce binary once per test process, so
+// end-to-end tests run exactly what operators run.
+package testbin
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+)
+
+// Announce returns the path of a freshly built announce binary.
+func Announce(t testing.TB) string {
+	t.Helper()
+	once.Do(func() {
+		dir, derr := os.MkdirTemp("", "announce-bin")
+		if derr != nil {
+			err = derr
+			return
+		}
+		path = filepath.Join(dir, "announce")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		cmd := exec.Command("go", "build", "-o", path, "./cmd/announce")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err = cmd.CombinedOutput()
+	})
+	if err != nil {
+		t.Fatalf("building announce: %v\n%s", err, out)
+	}
+	return path
+}

@@ -1,12 +1,32 @@
 # selfannounce. `sudo make lab` runs the migration lab; `sudo make test` runs
 # every test, end-to-end ones included.
-GO      ?= go
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+# sudo's secure_path drops Go's directory; tests that build the binary need it.
+export PATH := $(dir $(GO)):$(PATH)
 BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/selfannounce/selfannounce/internal/cli.Version=$(VERSION)
 export CGO_ENABLED ?= 0
 
-.PHONY: all build lab test unit e2e race vet fmt-check fuzz bench clean
+.PHONY: all build deps deps-lab lab test unit race vet fmt-check fuzz bench clean
+
+# Debian packages the lab and the tests run on. Installed only when missing.
+LAB_PKGS  := iproute2 iputils-ping
+TEST_PKGS := $(LAB_PKGS) qemu-system-x86 openvswitch-switch libvirt-daemon libvirt-clients \
+	libvirt-daemon-driver-qemu libcap2-bin arping rpm man-db dpkg-dev
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps-lab:
+	$(call apt_install,$(LAB_PKGS))
+
+deps:
+	$(call apt_install,$(TEST_PKGS))
 
 all: build
 
@@ -16,13 +36,13 @@ build:
 
 # The main job: a silent VM migrates between two hosts in network
 # namespaces, without and with selfannounce.
-lab: build
+lab: deps-lab build
 	$(BIN)/selfannounce-lab --announce $(BIN)/announce
 
 # Every test. End-to-end tests need root; SELFANNOUNCE_E2E=require (CI) makes
 # a skipped one fail.
-test: build
-	$(GO) test -count=1 -timeout 20m ./...
+test: deps build
+	$(GO) test -count=1 -timeout 30m ./...
 
 unit:
 	$(GO) test -count=1 -short ./...
@@ -40,10 +60,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 15s ./announce/sniff
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./announce/config
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./announce/frame | tee bench-frame.txt
 
 clean:
 	rm -rf $(BIN) dist
 
 -include packaging/packaging.mk
+-include bench/bench.mk

@@ -237,3 +237,47 @@ func TestWatcherRealMigration(t *testing.T) {
 		t.Fatalf("destination saw %d arrivals, want 2: %+v", n, onB.all())
 	}
 }
+
+// TestWatcherRealPostcopy switches a live migration to postcopy, so the
+// guest resumes on the destination before all its memory has arrived.
+func TestWatcherRealPostcopy(t *testing.T) {
+	a := newHost(t, "pcsrc")
+	b := newHost(t, "pcdst")
+	const name = "g-pc"
+	a.lv.DefineAndStart(t, name, libvirttest.DomainXML(name, libvirttest.Interface{Bridge: "br0", MAC: "52:54:00:5a:03:01"}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, onB := startWatcher(t, ctx, b.lv.Socket)
+
+	// Throttled to 1 MiB/s so precopy cannot finish before the switch.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.lv.VirshErr("migrate", "--live", "--postcopy", "--bandwidth", "1", name, b.lv.URI,
+			"--migrateuri", "unix://"+b.lv.Dir+"/migrate-pc.sock")
+		errc <- err
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := a.lv.VirshErr("migrate-postcopy", name)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("could not switch to postcopy: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e := onB.next(t, 60*time.Second)
+	if e.Domain != name || e.Detail != libvirtev.DetailPostcopy {
+		t.Fatalf("event = %+v, want %s postcopy", e, name)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("postcopy migration: %v", err)
+	}
+	// libvirt also sends RESUMED/MIGRATED when postcopy completes; it is
+	// the same arrival and must not be reported again.
+	time.Sleep(time.Second)
+	if evs := onB.all(); len(evs) != 1 {
+		t.Fatalf("postcopy migration reported %d times: %+v", len(evs), evs)
+	}
+}

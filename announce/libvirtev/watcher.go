@@ -57,6 +57,9 @@ type Watcher struct {
 	log       *zap.Logger
 	connected atomic.Bool
 	subs      atomic.Int64
+	// postcopy holds domains (by UUID) reported at RESUMED/POSTCOPY whose
+	// RESUMED/MIGRATED is still to come; only Run's goroutine touches it.
+	postcopy map[string]bool
 }
 
 // New returns a watcher for the libvirtd at uri: "" or "qemu:///system" for
@@ -67,7 +70,7 @@ func New(uri string, log *zap.Logger) *Watcher {
 		log = zap.NewNop()
 	}
 	ep, err := parseEndpoint(uri)
-	return &Watcher{ep: ep, epErr: err, log: log.With(zap.String("libvirt", ep.socket))}
+	return &Watcher{ep: ep, epErr: err, log: log.With(zap.String("libvirt", ep.socket)), postcopy: map[string]bool{}}
 }
 
 // Connected reports whether the watcher is subscribed right now.
@@ -77,8 +80,9 @@ func (w *Watcher) Connected() bool { return w.connected.Load() }
 // libvirtd went away and came back (worth a metric).
 func (w *Watcher) Subscriptions() int64 { return w.subs.Load() }
 
-// Run subscribes to lifecycle events and calls fn for each migration
-// arrival, in order, from a single goroutine; fn should return quickly. When
+// Run subscribes to lifecycle events and calls fn once for each migration
+// arrival (a postcopy migration's later RESUMED/MIGRATED is folded into its
+// RESUMED/POSTCOPY), in order, from a single goroutine; fn should return quickly. When
 // libvirtd goes away Run reconnects with backoff. It returns only when ctx
 // ends (with ctx's error) or the URI is unusable.
 func (w *Watcher) Run(ctx context.Context, fn func(Event)) error {
@@ -142,11 +146,27 @@ func (w *Watcher) session(ctx context.Context, fn func(Event)) (bool, error) {
 				l.Disconnect()
 				return true, errors.New("connection to libvirtd lost")
 			}
+			uuid := formatUUID(ev.Dom.UUID)
 			detail, arrival := Classify(ev.Event, ev.Detail)
 			if !arrival {
+				switch libvirt.DomainEventType(ev.Event) {
+				case libvirt.DomainEventStarted, libvirt.DomainEventStopped:
+					delete(w.postcopy, uuid)
+				}
 				continue
 			}
-			e := Event{Domain: ev.Dom.Name, UUID: formatUUID(ev.Dom.UUID), Detail: detail, At: time.Now()}
+			// A postcopy migration resumes twice: POSTCOPY when the guest
+			// starts running here, MIGRATED when the last page has arrived.
+			// It is one arrival, and the first event is the one that counts.
+			if detail == DetailMigrated && w.postcopy[uuid] {
+				delete(w.postcopy, uuid)
+				w.log.Debug("postcopy migration completed", zap.String("domain", ev.Dom.Name))
+				continue
+			}
+			if detail == DetailPostcopy {
+				w.postcopy[uuid] = true
+			}
+			e := Event{Domain: ev.Dom.Name, UUID: uuid, Detail: detail, At: time.Now()}
 			w.log.Info("domain resumed after migration", zap.String("domain", e.Domain), zap.String("uuid", e.UUID), zap.String("detail", e.Detail))
 			fn(e)
 		}

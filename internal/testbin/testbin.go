@@ -30,7 +30,11 @@ func Announce(t testing.TB) string {
 		path = filepath.Join(dir, "announce")
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		cmd := exec.Command("go", "build", "-o", path, "./cmd/announce")
+		gobin, lerr := exec.LookPath("go")
+		if lerr != nil {
+			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		cmd := exec.Command(gobin, "build", "-o", path, "./cmd/announce")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		out, err = cmd.CombinedOutput()

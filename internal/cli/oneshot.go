@@ -132,13 +132,8 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	var failed []string
-	var mustWait []string
-	for _, t := range targets {
-		mustWait = append(mustWait, t.port)
-	}
-	waitErrs := map[string]error{}
 	if o.waitReady > 0 && !o.dryRun {
-		waitErrs = waitReady(ctx, log, cfg, mustWait, o.waitReady)
+		targets, failed = o.waitTargets(ctx, log, cfg, targets)
 	}
 	if !o.dryRun {
 		if err := send.CheckRaw(); err != nil {
@@ -155,15 +150,11 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 		res  chan burst.Result
 	}
 	var started []outcome
+	total := len(targets) + len(failed)
 	for _, t := range targets {
-		if err := waitErrs[t.port]; err != nil {
-			log.Error("port not ready, not announced", zap.String("port", t.port), zap.Error(err))
-			failed = append(failed, t.port)
-			continue
-		}
 		pl, err := o.plan(ctx, lp, cfg, t)
 		if err != nil {
-			if len(targets) == 1 {
+			if total == 1 {
 				return err
 			}
 			log.Error("cannot announce", zap.String("port", t.port), zap.Error(err))
@@ -177,7 +168,7 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 		if pl.Repair != nil {
 			changed, err := pl.Repair(ctx)
 			if err != nil {
-				if len(targets) == 1 {
+				if total == 1 {
 					return runtimeErr(fmt.Errorf("repairing bridge %s for %s: %w", pl.Bridge, pl.Port, err))
 				}
 				log.Error("bridge repair failed", zap.String("port", t.port), zap.Error(err))
@@ -213,7 +204,7 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 		if r.Cancelled || r.Failed > 0 {
 			log.Error("burst incomplete", zap.String("port", s.port), zap.Int("frames", r.Frames), zap.Int("failed", r.Failed), zap.Bool("cancelled", r.Cancelled), zap.Error(r.Err))
 			failed = append(failed, s.port)
-			if len(targets) == 1 {
+			if total == 1 {
 				if r.Err != nil {
 					return runtimeErr(fmt.Errorf("sending on %s: %w", s.port, r.Err))
 				}
@@ -226,12 +217,60 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 	}
 	if len(failed) > 0 {
 		code := ExitPartial
-		if len(targets) == 1 {
+		if total == 1 {
 			code = ExitRuntime
 		}
-		return withCode(code, fmt.Errorf("%d of %d ports not announced: %s", len(failed), len(targets), strings.Join(failed, ", ")))
+		return withCode(code, fmt.Errorf("%d of %d ports not announced: %s", len(failed), total, strings.Join(failed, ", ")))
 	}
 	return nil
+}
+
+// waitTargets waits for each guest's ports and keeps, per guest, the first
+// port that became ready; the rest of a guest's ports are dropped, and a
+// guest none of whose ports got ready is reported as failed.
+func (o *oneShot) waitTargets(ctx context.Context, log *zap.Logger, cfg *config.Config, targets []target) ([]target, []string) {
+	var groups [][]string
+	index := map[string]int{}
+	for _, t := range targets {
+		k := t.port
+		if t.known {
+			k = t.guest.MAC.String()
+		}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], t.port)
+	}
+	ready, errs := waitReady(ctx, log, cfg, groups, o.waitReady)
+	var keep []target
+	var failed []string
+	done := map[int]bool{}
+	for _, t := range targets {
+		k := t.port
+		if t.known {
+			k = t.guest.MAC.String()
+		}
+		i := index[k]
+		if done[i] {
+			continue
+		}
+		if ready[t.port] {
+			keep = append(keep, t)
+			done[i] = true
+		}
+	}
+	for i, g := range groups {
+		if !done[i] {
+			for _, p := range g {
+				log.Error("port not ready, not announced", zap.String("port", p), zap.Error(errs[p]))
+			}
+			failed = append(failed, strings.Join(g, "/"))
+		}
+	}
+	return keep, failed
 }
 
 func (o *oneShot) config(cmd *cobra.Command) (*config.Config, error) {

@@ -59,4 +59,5 @@ func dm0(r *reloadable) *config.Config { return r.cfg() }
 // startOptional starts the watchers that depend on what this host runs
 // (libvirt events, Open vSwitch); each logs and carries on when absent.
 func startOptional(ctx context.Context, log *zap.Logger, dm *daemon.Daemon, r *reloadable) {
+	startLibvirt(ctx, log, dm, r)
 }

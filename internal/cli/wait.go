@@ -13,11 +13,18 @@ import (
 	"github.com/selfannounce/selfannounce/announce/netwatch"
 )
 
-// waitReady waits, event-driven, until every port is ready by the daemon's
-// rules (and, for guest-frame ports, has carried a frame from the guest),
-// or until timeout. It returns an error per port that never got there.
-func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, ports []string, timeout time.Duration) map[string]error {
+// waitReady waits, event-driven, until in every group one port is ready by
+// the daemon's rules (and, for guest-frame ports, has carried a frame from
+// the guest), or until timeout. A group is one guest's ports: a Xen HVM
+// guest has a PV vif and an emulated tap, and only the one it uses becomes
+// ready. It returns the ready ports, and an error for every port of a group
+// that never got there.
+func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups [][]string, timeout time.Duration) (map[string]bool, map[string]error) {
 	errs := map[string]error{}
+	var ports []string
+	for _, g := range groups {
+		ports = append(ports, g...)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	w, err := netwatch.New()
@@ -25,7 +32,7 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, ports [
 		for _, p := range ports {
 			errs[p] = fmt.Errorf("cannot watch links: %w", err)
 		}
-		return errs
+		return nil, errs
 	}
 	defer w.Close()
 	want := map[string]bool{}
@@ -38,14 +45,26 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, ports [
 	listening := map[string]bool{}
 	frames := make(chan string, len(ports))
 	done := make(chan struct{})
+	got := map[string]bool{}
 	check := func() {
 		for name := range want {
 			if ready[name] && (framed[name] || !needsFrame(cfg, name)) {
 				delete(want, name)
+				got[name] = true
 				log.Info("port ready", zap.String("port", name))
 			}
 		}
-		if len(want) == 0 {
+		pending := 0
+		for _, g := range groups {
+			ok := false
+			for _, p := range g {
+				ok = ok || got[p]
+			}
+			if !ok {
+				pending++
+			}
+		}
+		if pending == 0 {
 			select {
 			case <-done:
 			default:
@@ -106,7 +125,9 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, ports [
 	for {
 		select {
 		case <-done:
-			return errs
+			<-mu
+			defer func() { mu <- struct{}{} }()
+			return copyReady(got), errs
 		case name := <-frames:
 			<-mu
 			framed[name] = true
@@ -114,17 +135,31 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, ports [
 			mu <- struct{}{}
 		case <-ctx.Done():
 			<-mu
-			for name := range want {
-				why := "not attached, up, with carrier and forwarding"
+			for _, g := range groups {
+				for _, name := range g {
+					if got[name] {
+						continue
+					}
+					why := "not attached, up, with carrier and forwarding"
 				if ready[name] {
 					why = "no frame from the guest yet"
 				}
-				errs[name] = fmt.Errorf("port %s not ready after %v: %s", name, timeout, why)
+					errs[name] = fmt.Errorf("port %s not ready after %v: %s", name, timeout, why)
+				}
 			}
+			r := copyReady(got)
 			mu <- struct{}{}
-			return errs
+			return r, errs
 		}
 	}
+}
+
+func copyReady(m map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 func needsFrame(cfg *config.Config, port string) bool {

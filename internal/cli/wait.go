@@ -141,9 +141,9 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups 
 						continue
 					}
 					why := "not attached, up, with carrier and forwarding"
-				if ready[name] {
-					why = "no frame from the guest yet"
-				}
+					if ready[name] {
+						why = "no frame from the guest yet"
+					}
 					errs[name] = fmt.Errorf("port %s not ready after %v: %s", name, timeout, why)
 				}
 			}

@@ -8,6 +8,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -34,8 +35,10 @@ type Burst struct {
 	Key      string
 	Packets  []Packet // one round, sent in order
 	Schedule schedule.Schedule
-	// Done, if set, is called once from the engine's goroutine when the
-	// burst ends for any reason. It must not block.
+	// Done, if set, is called once when the burst ends for any reason:
+	// from the engine's goroutine when it completes, from Start, Cancel or
+	// Close when they end it, never with the engine's lock held. It must
+	// not block.
 	Done func(Result)
 }
 
@@ -90,6 +93,14 @@ type running struct {
 // bucket of rate/10 frames (at least 1) so a burst of arrivals is not
 // smoothed out needlessly.
 func New(rate int, obs Observer) *Engine {
+	e := newEngine(rate, obs, time.Now)
+	go e.loop()
+	return e
+}
+
+// newEngine builds an engine without its goroutine, so tests can drive step
+// on a fake clock.
+func newEngine(rate int, obs Observer, now func() time.Time) *Engine {
 	if rate < 1 {
 		rate = 1
 	}
@@ -100,11 +111,10 @@ func New(rate int, obs Observer) *Engine {
 		cap:     max(1, float64(rate)/10),
 		obs:     obs,
 		stopped: make(chan struct{}),
-		now:     time.Now,
+		now:     now,
 	}
 	e.tokens = e.cap
 	e.last = e.now()
-	go e.loop()
 	return e
 }
 
@@ -260,7 +270,7 @@ func (e *Engine) step() (time.Duration, bool) {
 		}
 		now := e.now()
 		e.refill(now)
-		r := e.pick(now)
+		r := e.pick(now, &ended)
 		if r == nil {
 			if len(e.later) > 0 {
 				return e.later[0].due.Sub(now), false
@@ -268,7 +278,9 @@ func (e *Engine) step() (time.Duration, bool) {
 			return -1, false
 		}
 		if e.tokens < 1 {
-			return time.Duration((1 - e.tokens) / e.rate * float64(time.Second)), false
+			// Rounded up: a wait truncated to below one token would wake
+			// early and spin on sub-nanosecond refills.
+			return time.Duration(math.Ceil((1 - e.tokens) / e.rate * float64(time.Second))), false
 		}
 		e.tokens--
 		p := r.b.Packets[r.next]
@@ -303,7 +315,7 @@ func (e *Engine) step() (time.Duration, bool) {
 		} else {
 			heap.Pop(&e.later)
 		}
-		if r.round >= r.b.Schedule.Rounds || len(r.b.Packets) == 0 {
+		if r.round >= r.b.Schedule.Rounds {
 			delete(e.bursts, r.b.Key)
 			ended = append(ended, r)
 			continue
@@ -314,18 +326,16 @@ func (e *Engine) step() (time.Duration, bool) {
 }
 
 // pick returns the burst whose frame goes next: a pending first round if any,
-// else the earliest due later round.
-func (e *Engine) pick(now time.Time) *running {
+// else the earliest due later round. Bursts with nothing to send end here as
+// completed, appended to ended so step reports them once, after unlocking.
+func (e *Engine) pick(now time.Time, ended *[]*running) *running {
 	for len(e.first) > 0 {
 		r := e.first[0]
 		if !r.dead {
 			if len(r.b.Packets) == 0 {
-				// Nothing to send: end it as completed.
 				e.first = e.first[1:]
 				delete(e.bursts, r.b.Key)
-				if r.b.Done != nil {
-					go r.b.Done(r.res)
-				}
+				*ended = append(*ended, r)
 				continue
 			}
 			return r

@@ -168,7 +168,7 @@ var (
 	DefaultRate          = 10000
 	DefaultMetricsListen = "127.0.0.1:9474"
 	DefaultLibvirtDir    = "/run/libvirt/qemu"
-	DefaultLibvirtSocket = "/var/run/libvirt/libvirt-sock-ro"
+	DefaultLibvirtSocket = "/var/run/libvirt/libvirt-sock"
 	DefaultOVSDB         = "unix:/var/run/openvswitch/db.sock"
 	DefaultOVSRundir     = "/var/run/openvswitch"
 	// DefaultHolddown keeps a link toggling 40 times in 4 s to at most 4

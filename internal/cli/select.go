@@ -8,6 +8,7 @@ import (
 
 	"github.com/selfannounce/selfannounce/announce"
 	"github.com/selfannounce/selfannounce/announce/config"
+	"github.com/selfannounce/selfannounce/announce/libvirtev"
 	"github.com/selfannounce/selfannounce/announce/linuxbr"
 	"github.com/selfannounce/selfannounce/announce/plan"
 	"github.com/selfannounce/selfannounce/announce/resolve"
@@ -86,25 +87,48 @@ func xenErr(err error) error {
 	return runtimeErr(err)
 }
 
-// selectLibvirt lists every interface of a running libvirt domain from
-// libvirt's live state.
+// selectLibvirt lists every interface of a running libvirt domain: from
+// libvirtd when it answers, else from its live XML.
 func (o *oneShot) selectLibvirt(ctx context.Context, cfg *config.Config) ([]target, error) {
-	if _, err := os.Stat(cfg.LibvirtStatusDir); err != nil {
-		return nil, withCode(ExitUnreachable, fmt.Errorf("libvirt not reachable: %v", err))
-	}
-	ifs, err := resolve.LibvirtDomainInterfaces(cfg.LibvirtStatusDir, o.domain)
-	if err != nil {
-		if errors.Is(err, resolve.ErrUnknownDomain) {
-			return nil, withCode(ExitUnknown, err)
-		}
-		return nil, runtimeErr(err)
-	}
 	var ts []target
-	for _, i := range ifs {
-		ts = append(ts, target{port: i.Dev, guest: announce.Guest{MAC: i.MAC, IPs: i.IPs, Source: "libvirt"}, known: true})
+	ifs, err := libvirtev.DomainInterfaces(ctx, cfg.LibvirtSocket, o.domain)
+	switch {
+	case err == nil:
+		for _, i := range ifs {
+			ts = append(ts, target{port: i.Dev, guest: announce.Guest{MAC: i.MAC, Source: "libvirt"}})
+		}
+	case errors.Is(err, libvirtev.ErrUnknownDomain):
+		return nil, withCode(ExitUnknown, err)
+	default:
+		if _, serr := os.Stat(cfg.LibvirtStatusDir); serr != nil {
+			return nil, withCode(ExitUnreachable, err)
+		}
+		xifs, xerr := resolve.LibvirtDomainInterfaces(cfg.LibvirtStatusDir, o.domain)
+		if xerr != nil {
+			if errors.Is(xerr, resolve.ErrUnknownDomain) {
+				return nil, withCode(ExitUnknown, xerr)
+			}
+			return nil, runtimeErr(xerr)
+		}
+		for _, i := range xifs {
+			ts = append(ts, target{port: i.Dev, guest: announce.Guest{MAC: i.MAC, IPs: i.IPs, Source: "libvirt"}, known: true})
+		}
 	}
 	if len(ts) == 0 {
 		return nil, runtimeErr(fmt.Errorf("domain %q has no interfaces", o.domain))
+	}
+	// Addresses, where libvirt has any, come from the resolvers (config,
+	// live XML) with the MAC libvirt gave.
+	chain := resolverChain(cfg, nil)
+	defer chain.close()
+	for i := range ts {
+		if ts[i].known {
+			continue
+		}
+		if g, ok, _ := chain.Resolve(ctx, ts[i].port); ok && g.MAC.String() == ts[i].guest.MAC.String() {
+			ts[i].guest.IPs = g.IPs
+		}
+		ts[i].known = true
 	}
 	return ts, nil
 }

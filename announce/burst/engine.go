@@ -76,6 +76,9 @@ type Engine struct {
 	closed  bool
 	stopped chan struct{}
 	now     func() time.Time
+
+	// finishing counts bursts ended whose Done has not returned yet.
+	finishing int
 }
 
 type running struct {
@@ -141,6 +144,7 @@ func (e *Engine) Start(b *Burst) error {
 	r := &running{b: b, res: Result{Key: b.Key, Queued: now}, due: now, idx: -1}
 	e.bursts[b.Key] = r
 	e.first = append(e.first, r)
+	e.finishing += len(ended)
 	e.mu.Unlock()
 	e.finish(ended)
 	e.poke()
@@ -155,6 +159,7 @@ func (e *Engine) Cancel(key string) bool {
 	if r != nil {
 		ended = append(ended, e.cancelLocked(r))
 	}
+	e.finishing += len(ended)
 	e.mu.Unlock()
 	e.finish(ended)
 	return r != nil
@@ -180,17 +185,19 @@ func (e *Engine) Close() {
 	for _, r := range e.bursts {
 		ended = append(ended, e.cancelLocked(r))
 	}
+	e.finishing += len(ended)
 	e.mu.Unlock()
 	e.finish(ended)
 	e.poke()
 	<-e.stopped
 }
 
-// Wait blocks until no burst is queued or running, or ctx ends.
+// Wait blocks until no burst is queued or running and every Done has
+// returned, or ctx ends.
 func (e *Engine) Wait(ctx context.Context) error {
 	for {
 		e.mu.Lock()
-		n := len(e.bursts)
+		n := len(e.bursts) + e.finishing
 		e.mu.Unlock()
 		if n == 0 {
 			return nil
@@ -214,12 +221,20 @@ func (e *Engine) cancelLocked(r *running) *running {
 	return r
 }
 
+// finish reports ended bursts outside the lock; until it has, Wait still
+// counts them, so a caller of Wait sees every Done.
 func (e *Engine) finish(rs []*running) {
+	if len(rs) == 0 {
+		return
+	}
 	for _, r := range rs {
 		if r.b.Done != nil {
 			r.b.Done(r.res)
 		}
 	}
+	e.mu.Lock()
+	e.finishing -= len(rs)
+	e.mu.Unlock()
 }
 
 func (e *Engine) poke() {
@@ -261,9 +276,12 @@ func (e *Engine) loop() {
 // how long to sleep: negative means idle.
 func (e *Engine) step() (time.Duration, bool) {
 	var ended []*running
-	defer func() { e.finish(ended) }()
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	defer func() {
+		e.finishing += len(ended)
+		e.mu.Unlock()
+		e.finish(ended)
+	}()
 	for {
 		if e.closed && len(e.bursts) == 0 {
 			return 0, true

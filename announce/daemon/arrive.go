@@ -11,6 +11,9 @@ import (
 	"github.com/selfannounce/selfannounce/announce/resolve"
 )
 
+// stopper is a pending deferred burst (a *time.Timer outside tests).
+type stopper interface{ Stop() bool }
+
 // resolveTimeout bounds a resolver round trip (xenstore, file reads): an
 // arrival must not hang behind a wedged xenstored.
 const resolveTimeout = 2 * time.Second
@@ -52,11 +55,18 @@ func (dm *Daemon) announce(p *port, by string, at time.Time) {
 		return
 	}
 	if hold := dm.cfg.FlapHolddown; !gs.lastStart.IsZero() && now.Sub(gs.lastStart) < hold {
+		if gs.owner != "" && gs.owner != p.key {
+			// The port that announced moments ago is still there: this
+			// is the same arrival seen through the guest's other port
+			// (the -emu tap's RARP, then the vif's carrier), not a flap.
+			dm.suppressed(log, key, "announced moments ago through another port")
+			return
+		}
 		// Flap guard: defer to the end of the holddown rather than drop,
 		// so the last arrival of a flapping guest is still announced.
 		gs.pending = p.key
 		if gs.deferred == nil {
-			gs.deferred = time.AfterFunc(gs.lastStart.Add(hold).Sub(now), func() { dm.fireDeferred(key) })
+			gs.deferred = dm.afterFunc(gs.lastStart.Add(hold).Sub(now), func() { dm.fireDeferred(key) })
 		}
 		dm.suppressed(log, key, "flap guard: deferred to the end of the holddown")
 		return
@@ -97,6 +107,9 @@ func (dm *Daemon) identify(p *port) (announce.Guest, error) {
 	var rerr error
 	if dm.d.Resolve != nil {
 		g, ok, rerr = dm.d.Resolve(ctx, p.name)
+	}
+	if p.backend == ovsBridge {
+		g, ok = dm.ovsIdentity(p, g, ok)
 	}
 	if !ok && p.trigger == "guest-frame" && p.frameMAC != nil && announce.CheckGuestMAC(p.frameMAC) == nil {
 		g, ok = announce.Guest{MAC: p.frameMAC, Source: "frame"}, true

@@ -18,6 +18,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce/config"
 	"github.com/selfannounce/selfannounce/announce/metrics"
 	"github.com/selfannounce/selfannounce/announce/netwatch"
+	"github.com/selfannounce/selfannounce/announce/ovs"
 	"github.com/selfannounce/selfannounce/announce/plan"
 )
 
@@ -88,7 +89,7 @@ type port struct {
 type guest struct {
 	lastStart time.Time
 	owner     string // port key of the running burst
-	deferred  *time.Timer
+	deferred  stopper
 	pending   string // port key waiting for the holddown to end
 }
 
@@ -102,6 +103,11 @@ type Daemon struct {
 	ports  map[string]*port
 	guests map[string]*guest
 	closed bool
+	// afterFunc arms the flap guard's deferred bursts; tests swap in a
+	// fake clock's.
+	afterFunc func(time.Duration, func()) stopper
+	// ovsPorts is OVSDB's view, by interface name (see ovs.go).
+	ovsPorts map[string]ovs.Port
 }
 
 // New returns a daemon that acts on cfg.
@@ -109,7 +115,8 @@ func New(cfg *config.Config, d Deps) *Daemon {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	return &Daemon{d: d, cfg: cfg, links: map[int]netwatch.Link{}, ports: map[string]*port{}, guests: map[string]*guest{}}
+	return &Daemon{d: d, cfg: cfg, links: map[int]netwatch.Link{}, ports: map[string]*port{}, guests: map[string]*guest{},
+		afterFunc: func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }}
 }
 
 // SetConfig swaps the configuration (SIGHUP). Ports keep their state; the
@@ -183,6 +190,9 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 	}
 	l := ev.Link
 	key := linuxKey(l.Index)
+	if dm.ovsLinkEvent(ev, now) {
+		return
+	}
 	if ev.Deleted {
 		delete(dm.links, l.Index)
 		if p := dm.ports[key]; p != nil {
@@ -215,6 +225,9 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 
 // track starts following a link if it is a VM port with a trigger.
 func (dm *Daemon) track(l netwatch.Link) *port {
+	if dm.ovsLink(l) {
+		return nil
+	}
 	tr, ok := dm.cfg.TriggerFor(l.Name)
 	if !ok {
 		return nil
@@ -247,6 +260,10 @@ func (dm *Daemon) update(p *port, ready bool, now time.Time) {
 	switch {
 	case was && !ready:
 		dm.leave(p, "not ready")
+		if p.trigger == config.TriggerGuestFrame {
+			// The next arrival needs a fresh first frame.
+			dm.startListening(p)
+		}
 		return
 	case !was && ready:
 		p.readyAt = now
@@ -267,7 +284,6 @@ func (dm *Daemon) update(p *port, ready bool, now time.Time) {
 // leave resets a port's arrival when it detaches, loses carrier or goes
 // away: its running burst ends, and its next arrival is announced anew.
 func (dm *Daemon) leave(p *port, why string) {
-	wasAnnounced := p.announced
 	p.ready = false
 	p.announced = false
 	p.frameSeen = false
@@ -286,9 +302,6 @@ func (dm *Daemon) leave(p *port, why string) {
 				dm.d.Log.Info("burst cancelled", zap.String("port", p.name), zap.String("mac", mac), zap.String("reason", why))
 			}
 		}
-	}
-	if wasAnnounced && p.trigger == config.TriggerGuestFrame && p.listen == nil {
-		dm.startListening(p)
 	}
 }
 
@@ -329,10 +342,16 @@ func (dm *Daemon) guestFrame(key string, ctx context.Context, src net.HardwareAd
 	if p == nil || ctx.Err() != nil || dm.closed {
 		return
 	}
-	p.listen = nil
+	dm.stopListening(p)
 	p.frameSeen, p.frameMAC, p.frameAt = true, src, at
 	if p.ready && !p.announced {
-		dm.arrive(p, byGuestFrame, dm.d.Now())
+		// Latency counts from the kernel's receive time of the frame, not
+		// from when this goroutine got to it.
+		t := dm.d.Now()
+		if !at.IsZero() && !at.After(t) {
+			t = at
+		}
+		dm.arrive(p, byGuestFrame, t)
 	}
 }
 

@@ -90,6 +90,12 @@ func (l *Listener) Wait(ctx context.Context) (src net.HardwareAddr, at time.Time
 		if err == nil {
 			err = rerr
 		}
+		// The kernel reports ENETDOWN once when the socket is bound to an
+		// admin-down port (a tap or vif is created down) or when the port
+		// goes down, and resumes delivery when it comes up: not an end.
+		if errors.Is(err, unix.ENETDOWN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, time.Time{}, ctx.Err()

@@ -265,6 +265,26 @@ ip link set tap0 master br0 up`); err != nil {
 	})
 }
 
+// The daemon listens from the moment a port is created, which is admin-down;
+// the kernel then reports ENETDOWN once, and that must not end the wait.
+func TestTapCreatedDown(t *testing.T) {
+	br := bridgeLab(t)
+	if out, err := br.Sh(`ip tuntap add dev tap0 mode tap`); err != nil {
+		t.Fatal(out, err)
+	}
+	l := listen(t, br, "tap0")
+	if out, err := br.Sh(`ip link set tap0 master br0 up`); err != nil {
+		t.Fatal(out, err)
+	}
+	tap := openTap(t, br, "tap0")
+	waitForwarding(t, br, "tap0")
+	assertGuestFrame(t, l, func() {
+		if _, err := tap.Write(rarp(guestMAC)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 func TestWaitEnds(t *testing.T) {
 	br := bridgeLab(t)
 	l := listen(t, br, "up0")

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -219,7 +220,7 @@ func (s *linkSetter) setUp(ifindex int, up bool) error {
 		if err != nil {
 			return err
 		}
-		msgs, err := unix.ParseNetlinkMessage(s.buf[:n])
+		msgs, err := syscall.ParseNetlinkMessage(s.buf[:n])
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -137,7 +138,7 @@ func (r *recorder) watchCarrier(host *netlab.NS) error {
 				at = ts
 				r.nlTS = true
 			}
-			msgs, err := unix.ParseNetlinkMessage(buf[:n])
+			msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 			if err != nil {
 				continue
 			}

@@ -31,6 +31,7 @@ func main() {
 	bin := flag.String("announce", "", "path of the announce binary (default: beside this program)")
 	modes := flag.String("modes", "none,oneshot,daemon", "scenarios to run, in order: none, oneshot, daemon")
 	asJSON := flag.Bool("json", false, "print one JSON object per scenario")
+	flag.BoolVar(&useOVS, "ovs", false, "build hosts A and B on Open vSwitch bridges (userspace datapath) instead of Linux bridges")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "selfannounce-lab: needs root (network namespaces): run `sudo make lab`")
@@ -78,15 +79,28 @@ func main() {
 	}
 }
 
+// useOVS is --ovs.
+var useOVS bool
+
 func run(mode, bin, cfg string) (lab.Report, error) {
-	l, err := lab.New(lab.Options{})
+	l, err := lab.New(lab.Options{OVS: useOVS})
 	if err != nil {
 		return lab.Report{}, err
 	}
 	defer l.Close()
+	if useOVS {
+		// The agent must find host B's private OVS.
+		cfg = filepath.Join(filepath.Dir(cfg), "config-ovs.yaml")
+		if err := os.WriteFile(cfg, []byte(l.AgentConfig(labConfig)), 0o644); err != nil {
+			return lab.Report{}, err
+		}
+	}
 	m := lab.DefaultMigration()
 	ctx := context.Background()
 	announceArgs := []string{"--vif", lab.DstVif, "--mac", lab.GuestMAC, "--ip", lab.GuestIP, "--ip", lab.GuestIP6}
+	if useOVS {
+		announceArgs = append(announceArgs, "--config", cfg)
+	}
 	switch mode {
 	case "none":
 		return l.Migrate(ctx, "without agent", m)

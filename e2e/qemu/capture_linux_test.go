@@ -153,7 +153,11 @@ func describe(fs []frameRec, t0 time.Time) string {
 	for _, f := range fs {
 		what := fmt.Sprintf("%d bytes ethertype %#04x", len(f.data), etherType(f.data))
 		if a, ok := f.announcement(); ok {
-			what = fmt.Sprintf("%s %s %v", a.Kind, a.MAC, a.IP)
+			ip := "-"
+			if a.IP.IsValid() {
+				ip = a.IP.String()
+			}
+			what = fmt.Sprintf("%s %s %s", a.Kind, a.MAC, ip)
 		}
 		s += fmt.Sprintf("\n  %+8.1fms %s", ms(f.at.Sub(t0)), what)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,32 @@ type vm struct {
 	out     *lockedBuffer
 	exited  chan struct{}
 	qmp     *qmpConn
+}
+
+// startPinned starts cmd so that it is killed should the test process die
+// before its cleanups run (a -timeout panic). The kernel sends the death
+// signal when the forking thread exits, not the process, and netlab's Do
+// retires threads; so the fork happens on a thread locked until cmd exits.
+// `ip netns exec` execs its command in place, and the signal survives exec.
+func startPinned(cmd *exec.Cmd) (exited chan struct{}, err error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	exited = make(chan struct{})
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+		close(exited)
+	}()
+	return exited, <-started
 }
 
 type lockedBuffer struct {
@@ -62,7 +89,6 @@ func startVM(t *testing.T, ns *netlab.NS, dir, name, tap string, extra ...string
 		qmpPath: filepath.Join(dir, name+".qmp"),
 		pidFile: filepath.Join(dir, name+".pid"),
 		out:     &lockedBuffer{},
-		exited:  make(chan struct{}),
 	}
 	args := []string{
 		"-name", name,
@@ -75,13 +101,11 @@ func startVM(t *testing.T, ns *netlab.NS, dir, name, tap string, extra ...string
 	args = append(args, extra...)
 	v.cmd = ns.Cmd("qemu-system-x86_64", args...)
 	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
-	if err := v.cmd.Start(); err != nil {
+	exited, err := startPinned(v.cmd)
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() {
-		v.cmd.Wait()
-		close(v.exited)
-	}()
+	v.exited = exited
 	t.Cleanup(func() { v.stop(t) })
 
 	deadline := time.Now().Add(30 * time.Second)

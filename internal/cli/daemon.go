@@ -31,6 +31,7 @@ type daemonCmd struct {
 	announceExisting bool
 	metricsListen    string
 	netlinkRcvbuf    int
+	ovsdb            string
 }
 
 func newDaemonCommand(g *globals) *cobra.Command {
@@ -55,6 +56,7 @@ and feeds its watchdog.`,
 	f.StringVar(&d.configFile, "config", config.DefaultPath, "YAML config file; the daemon runs on defaults if the default file is absent")
 	f.BoolVar(&d.announceExisting, "announce-existing", false, "also announce ports that are already ready at start")
 	f.StringVar(&d.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this host:port (default from config, "+config.DefaultMetricsListen+"; \"off\" disables)")
+	f.StringVar(&d.ovsdb, "ovsdb", "", "OVSDB address (default from config, "+config.DefaultOVSDB+"; \"off\" disables Open vSwitch support)")
 	f.IntVar(&d.netlinkRcvbuf, "netlink-rcvbuf", 0, "netlink receive buffer in bytes (default 4 MiB; tests shrink it to force overruns)")
 	f.Lookup("netlink-rcvbuf").Hidden = true
 	return c
@@ -67,6 +69,12 @@ func (d *daemonCmd) load(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if d.announceExisting {
 		cfg.AnnounceExisting = true
+	}
+	if d.ovsdb != "" {
+		cfg.OVSDB = d.ovsdb
+	}
+	if err := checkOVSDB(cfg.OVSDB); err != nil {
+		return nil, err
 	}
 	switch {
 	case d.metricsListen == "off":

@@ -92,14 +92,17 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 		}
 	}
 	switch {
+	case cmd.Flags().Changed("domid") && (o.domid <= 0 || o.domid > xenDomidMax):
+		// Checked first: a negative id would otherwise read as "not given".
+		return usageErr("malformed --domid %d: a guest's domain id is 1..%d", o.domid, xenDomidMax)
+	case o.vmUUID != "" && !validVMUUID(o.vmUUID):
+		return usageErr("malformed --vm-uuid %q", o.vmUUID)
 	case selectors == 0:
 		return usageErr("nothing to announce: give --vif, --domid, --vm-uuid or --domain")
 	case selectors > 1:
 		return usageErr("--vif, --domid, --vm-uuid and --domain exclude each other")
 	case o.mac != "" && o.vif == "":
 		return usageErr("--mac goes with --vif")
-	case cmd.Flags().Changed("domid") && o.domid < 0:
-		return usageErr("malformed --domid %d", o.domid)
 	}
 	if o.vif != "" {
 		if err := linuxbr.ValidName(o.vif); err != nil {
@@ -383,6 +386,7 @@ func (o *oneShot) resolve(ctx context.Context, cfg *config.Config, port string) 
 	chain := resolverChain(cfg, nil)
 	defer chain.close()
 	g, ok, errs := chain.Resolve(ctx, port)
+	g, ok = ovsGuest(ctx, cfg, port, g, ok)
 	if ok {
 		return g, nil
 	}

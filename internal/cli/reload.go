@@ -60,4 +60,5 @@ func dm0(r *reloadable) *config.Config { return r.cfg() }
 // (libvirt events, Open vSwitch); each logs and carries on when absent.
 func startOptional(ctx context.Context, log *zap.Logger, dm *daemon.Daemon, r *reloadable) {
 	startLibvirt(ctx, log, dm, r)
+	startOVS(ctx, log, dm, r)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/selfannounce/selfannounce/announce"
 	"github.com/selfannounce/selfannounce/announce/config"
@@ -43,6 +44,13 @@ func (o *oneShot) selectXen(ctx context.Context, cfg *config.Config) ([]target, 
 	var ts []target
 	for _, v := range vifs {
 		g := announce.Guest{MAC: v.MAC, IPs: v.IPs, Source: "xenstore"}
+		if cfg.TrustGuestIPs {
+			// The resolver adds what the guest wrote under attr/vif, which
+			// the operator opted into; XenDomainPorts reads dom0's only.
+			if rg, ok, err := resolve.Xenstore(c, true).Resolve(ctx, v.Ports[0]); err == nil && ok && rg.MAC.String() == g.MAC.String() {
+				g.IPs = rg.IPs
+			}
+		}
 		found := false
 		for _, name := range v.Ports {
 			if _, err := os.Stat("/sys/class/net/" + name); err == nil {
@@ -78,6 +86,31 @@ func (o *oneShot) onePerMAC(ts []target) []target {
 		out = append(out, t)
 	}
 	return out
+}
+
+// xenDomidMax is the last guest domain id: from DOMID_FIRST_RESERVED
+// (0x7ff0) on, ids are Xen's own.
+const xenDomidMax = 0x7fef
+
+// validVMUUID accepts the 8-4-4-4-12 hex form XAPI and xl print, in either
+// case, so a typo is a usage error rather than an unknown VM.
+func validVMUUID(u string) bool {
+	if len(u) != 36 {
+		return false
+	}
+	for i, c := range strings.ToLower(u) {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func xenErr(err error) error {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/ovstest"
 )
 
 // Fixed identities: namespaces are private, so only their names need to be
@@ -37,6 +38,9 @@ const (
 type Options struct {
 	// STPForwardDelay, when non-zero, turns STP on for host B's bridge.
 	STPForwardDelay time.Duration
+	// OVS builds hosts A and B on Open vSwitch bridges (userspace datapath,
+	// a private ovsdb-server and ovs-vswitchd each) instead of Linux ones.
+	OVS bool
 }
 
 // Lab is a built topology.
@@ -44,6 +48,8 @@ type Lab struct {
 	Switch, HostA, HostB, Client, VM *netlab.NS
 	opts                             Options
 	all                              []*netlab.NS
+	// OVSA and OVSB are the hosts' Open vSwitch instances with Options.OVS.
+	OVSA, OVSB *ovstest.OVS
 }
 
 // New builds the topology with the VM running on host A.
@@ -83,7 +89,11 @@ func (l *Lab) build() (*Lab, error) {
 		port string
 		stp  string
 	}{{l.HostA, "pA", ""}, {l.HostB, "pB", stp}} {
-		if _, err := h.ns.Sh(fmt.Sprintf(`
+		if opts.OVS {
+			if err := l.ovsHost(h.ns, h.port); err != nil {
+				return nil, err
+			}
+		} else if _, err := h.ns.Sh(fmt.Sprintf(`
 			ip link add %[1]s type bridge%[2]s
 			ip link set %[1]s up
 			ip link add up0 type veth peer name %[3]s netns %[4]s
@@ -104,13 +114,25 @@ func (l *Lab) build() (*Lab, error) {
 		return nil, err
 	}
 	// The VM on host A: vif1.0 in the bridge, eth0 in the guest.
-	if _, err := l.HostA.Sh(fmt.Sprintf(`
+	if opts.OVS {
+		if err := l.ovsPlug(l.HostA, SrcVif, "eth0"); err != nil {
+			return nil, err
+		}
+	} else if _, err := l.HostA.Sh(fmt.Sprintf(`
 		ip link add %[1]s type veth peer name eth0 netns %[2]s
 		ip link set %[1]s master %[3]s up`, SrcVif, l.VM.Name, Bridge)); err != nil {
 		return nil, err
 	}
 	if err := l.guestUp(false); err != nil {
 		return nil, err
+	}
+	if opts.STPForwardDelay > 0 {
+		// Host B's uplink listens and learns for twice the forward delay
+		// and drops the VM's broadcasts meanwhile: host B would never learn
+		// where the VM lives.
+		if err := waitForwarding(l.HostB, "up0", 2*opts.STPForwardDelay+3*time.Second); err != nil {
+			return nil, err
+		}
 	}
 	// Everyone has met the VM: the client and the guest know each other's
 	// MACs and keep them (a router's ARP cache outlives a migration; so does
@@ -131,6 +153,21 @@ func (l *Lab) build() (*Lab, error) {
 		return nil, fmt.Errorf("lab: host B did not learn the guest MAC behind up0 (got %q)", port)
 	}
 	return l, nil
+}
+
+// waitForwarding waits for a bridge port to reach STP forwarding (3).
+func waitForwarding(ns *netlab.NS, port string, timeout time.Duration) error {
+	end := time.Now().Add(timeout)
+	for {
+		st, err := ns.Run("cat", "/sys/class/net/"+port+"/brport/state")
+		if err == nil && st == "3" {
+			return nil
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("lab: %s did not reach STP forwarding within %v (state %q, %v)", port, timeout, st, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // guestUp configures the guest's eth0: guest MAC and IP, IPv6 off and no
@@ -154,6 +191,9 @@ func (l *Lab) guestUp(knownPeer bool) error {
 // destination vif exists, sits in the bridge and is admin-up, but has no
 // carrier because no guest is connected to it yet.
 func (l *Lab) PlugDestination() error {
+	if l.opts.OVS {
+		return l.ovsPlug(l.HostB, DstVif, "ethnew")
+	}
 	_, err := l.HostB.Sh(fmt.Sprintf(`
 		ip link add %[1]s type veth peer name ethnew netns %[2]s
 		ip link set %[1]s master %[3]s up`, DstVif, l.VM.Name, Bridge))
@@ -164,14 +204,19 @@ func (l *Lab) PlugDestination() error {
 // away) and the guest's netfront connects on host B, which raises carrier on
 // the destination vif. The guest keeps its MAC, address and ARP cache, and
 // sends nothing. One `ip -batch` keeps the switch-over to about a millisecond,
-// so the outage measured is the network's, not the lab's.
+// so the outage measured is the network's, not the lab's. The old link is
+// only taken down in the switch-over and deleted after it: deleting a veth
+// waits for RCU grace periods, 10-40 ms on a loaded host, which would count
+// as outage.
 func (l *Lab) Resume() error {
-	batch := fmt.Sprintf(`link del eth0
+	batch := fmt.Sprintf(`link set eth0 down
+link set eth0 name ethold
 link set ethnew name eth0
 link set eth0 address %s
 addr add %s/24 dev eth0
 link set eth0 up
 neigh replace %s lladdr %s dev eth0 nud permanent
+link del ethold
 `, GuestMAC, GuestIP, ClientIP, ClientMAC)
 	cmd := l.VM.Cmd("ip", "-batch", "-")
 	cmd.Stdin = strings.NewReader(batch)
@@ -183,6 +228,7 @@ neigh replace %s lladdr %s dev eth0 nud permanent
 
 // Close removes every namespace.
 func (l *Lab) Close() {
+	l.closeOVS()
 	for _, n := range l.all {
 		n.Close()
 	}
@@ -192,6 +238,9 @@ var fdbRe = regexp.MustCompile(`^([0-9a-f:]{17}) dev (\S+)`)
 
 // FDBPort returns the port a bridge forwards mac to, "" if it has no entry.
 func (l *Lab) FDBPort(ns *netlab.NS, bridge, mac string) (string, error) {
+	if o := l.ovsOf(ns); o != nil {
+		return ovsFDBPort(o, bridge, mac)
+	}
 	out, err := ns.Run("bridge", "fdb", "show", "br", bridge)
 	if err != nil {
 		return "", err

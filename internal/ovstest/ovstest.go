@@ -1,14 +1,15 @@
 //go:build linux
 
 // Package ovstest starts a private Open vSwitch (ovsdb-server plus
-// ovs-vswitchd with the userspace datapath) inside a test's network
-// namespace. Every file, socket and log lives in a fresh directory, so tests
-// never touch a host OVS or each other, and both daemons are stopped when the
-// test ends, pass or fail.
+// ovs-vswitchd with the userspace datapath) inside a network namespace.
+// Every file, socket and log lives in a fresh directory, so tests and the lab
+// never touch a host OVS or each other. Start ties it to a test (stopped when
+// the test ends, pass or fail); Launch is the same for programs (the lab).
 package ovstest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -25,6 +26,9 @@ import (
 
 // Schema is the OVS database schema Debian's openvswitch-common installs.
 const Schema = "/usr/share/openvswitch/vswitch.ovsschema"
+
+// Commands are the OVS programs Launch and the helpers run.
+var Commands = []string{"ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-appctl"}
 
 // OVS is one running private Open vSwitch.
 type OVS struct {
@@ -48,39 +52,70 @@ type daemon struct {
 func Start(t testing.TB, ns *netlab.NS) *OVS {
 	t.Helper()
 	testenv.RequireRoot(t)
-	testenv.RequireCommands(t, "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-appctl")
+	testenv.RequireCommands(t, Commands...)
 	if _, err := os.Stat(Schema); err != nil {
 		testenv.Skip(t, "OVS schema missing: "+err.Error())
 	}
-	// OVS falls back to this directory for a few defaults even when every
-	// path is given explicitly; creating it is harmless.
-	if err := os.MkdirAll("/var/run/openvswitch", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// A short directory under /tmp rather than t.TempDir(): unix socket
-	// paths (bridge .mgmt sockets) must fit in 108 bytes for Go's dialer.
-	dir, err := os.MkdirTemp("", "ovs")
+	o, err := Launch(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &OVS{NS: ns, dir: dir}
 	t.Cleanup(func() {
 		o.stop()
 		if t.Failed() {
 			o.dumpLogs(t)
 		}
-		os.RemoveAll(dir)
+		os.RemoveAll(o.dir)
 	})
-	if err := os.MkdirAll(filepath.Join(dir, "etc"), 0o755); err != nil {
-		t.Fatal(err)
+	return o
+}
+
+// Launch starts ovsdb-server and ovs-vswitchd inside ns; Close stops them
+// and removes their directory. On error nothing is left running.
+func Launch(ns *netlab.NS) (*OVS, error) {
+	// OVS falls back to this directory for a few defaults even when every
+	// path is given explicitly; creating it is harmless.
+	if err := os.MkdirAll("/var/run/openvswitch", 0o755); err != nil {
+		return nil, err
+	}
+	// A short directory under /tmp rather than t.TempDir(): unix socket
+	// paths (bridge .mgmt sockets) must fit in 108 bytes for Go's dialer.
+	dir, err := os.MkdirTemp("", "ovs")
+	if err != nil {
+		return nil, err
+	}
+	o := &OVS{NS: ns, dir: dir}
+	if err := o.launch(); err != nil {
+		logs := o.Logs()
+		o.Close()
+		if logs != "" {
+			err = fmt.Errorf("%w\n%s", err, logs)
+		}
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *OVS) launch() error {
+	if err := os.MkdirAll(filepath.Join(o.dir, "etc"), 0o755); err != nil {
+		return err
 	}
 	if out, err := exec.Command("ovsdb-tool", "create", o.dbFile(), Schema).CombinedOutput(); err != nil {
-		t.Fatalf("ovsdb-tool create: %v: %s", err, out)
+		return fmt.Errorf("ovsdb-tool create: %v: %s", err, out)
 	}
-	o.startDB(t)
-	o.Vsctl(t, "--no-wait", "init")
-	o.startSwitch(t)
-	return o
+	if err := o.startDB(); err != nil {
+		return err
+	}
+	if _, err := o.VsctlErr("--no-wait", "init"); err != nil {
+		return err
+	}
+	return o.startSwitch()
+}
+
+// Close stops both daemons and removes the directory.
+func (o *OVS) Close() {
+	o.stop()
+	os.RemoveAll(o.dir)
 }
 
 // Dir is the private directory holding the database, sockets and logs.
@@ -107,43 +142,51 @@ func (o *OVS) env() []string {
 	)
 }
 
-func (o *OVS) startDB(t testing.TB) {
-	t.Helper()
+func (o *OVS) startDB() error {
 	os.Remove(o.DBSocket())
-	o.db = o.spawn(t, "ovsdb-server", o.dbFile(),
+	d, err := o.spawn("ovsdb-server", o.dbFile(),
 		"--remote=punix:"+o.DBSocket(),
 		"--pidfile="+filepath.Join(o.dir, "ovsdb-server.pid"),
 		"--unixctl="+filepath.Join(o.dir, "ovsdb-server.ctl"),
 		"--log-file="+filepath.Join(o.dir, "ovsdb-server.log"),
 		"-vconsole:off")
-	o.waitSocket(t, o.db, o.DBSocket())
+	if err != nil {
+		return err
+	}
+	o.db = d
+	return o.waitSocket(d, o.DBSocket())
 }
 
-func (o *OVS) startSwitch(t testing.TB) {
-	t.Helper()
+func (o *OVS) startSwitch() error {
 	ctl := filepath.Join(o.dir, "ovs-vswitchd.ctl")
 	os.Remove(ctl)
-	o.sw = o.spawn(t, "ovs-vswitchd", o.DBAddr(),
+	d, err := o.spawn("ovs-vswitchd", o.DBAddr(),
 		"--pidfile="+filepath.Join(o.dir, "ovs-vswitchd.pid"),
 		"--unixctl="+ctl,
 		"--log-file="+filepath.Join(o.dir, "ovs-vswitchd.log"),
 		"--disable-system",
 		"-vconsole:off")
-	o.waitSocket(t, o.sw, ctl)
+	if err != nil {
+		return err
+	}
+	o.sw = d
+	if err := o.waitSocket(d, ctl); err != nil {
+		return err
+	}
 	// The control socket appears before the bridges are configured. A
 	// vsctl change waits for ovs-vswitchd to catch up (cur_cfg), but only
 	// if it really changes something, hence a fresh value each time.
 	o.starts++
-	o.Vsctl(t, "set", "Open_vSwitch", ".", fmt.Sprintf("external_ids:ovstest-start=%d", o.starts))
+	_, err = o.VsctlErr("set", "Open_vSwitch", ".", fmt.Sprintf("external_ids:ovstest-start=%d", o.starts))
+	return err
 }
 
 // spawn runs a daemon in the foreground inside the namespace; `ip netns
 // exec` execs it, so the process we hold is the daemon itself.
-func (o *OVS) spawn(t testing.TB, name string, args ...string) *daemon {
-	t.Helper()
+func (o *OVS) spawn(name string, args ...string) (*daemon, error) {
 	out, err := os.OpenFile(filepath.Join(o.dir, name+".out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := o.NS.Cmd(name, args...)
 	cmd.Env = o.env()
@@ -151,7 +194,7 @@ func (o *OVS) spawn(t testing.TB, name string, args ...string) *daemon {
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		out.Close()
-		t.Fatalf("start %s: %v", name, err)
+		return nil, fmt.Errorf("start %s: %v", name, err)
 	}
 	d := &daemon{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() {
@@ -159,25 +202,24 @@ func (o *OVS) spawn(t testing.TB, name string, args ...string) *daemon {
 		out.Close()
 		close(d.done)
 	}()
-	return d
+	return d, nil
 }
 
-func (o *OVS) waitSocket(t testing.TB, d *daemon, path string) {
-	t.Helper()
+func (o *OVS) waitSocket(d *daemon, path string) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-d.done:
-			t.Fatalf("%s exited during start-up: %v\n%s", d.name, d.err, o.readLog(d.name))
+			return fmt.Errorf("%s exited during start-up: %v\n%s", d.name, d.err, o.readLog(d.name))
 		default:
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("%s: no socket %s after 15s\n%s", d.name, path, o.readLog(d.name))
+	return fmt.Errorf("%s: no socket %s after 15s\n%s", d.name, path, o.readLog(d.name))
 }
 
 // stop terminates d and waits; SIGKILL if it ignores SIGTERM.
@@ -209,7 +251,7 @@ func (o *OVS) stop() {
 func (o *OVS) RestartDB(t testing.TB) {
 	t.Helper()
 	o.db.stop()
-	o.startDB(t)
+	o.StartDB(t)
 }
 
 // StopDB stops ovsdb-server without restarting it; StartDB brings it back.
@@ -218,7 +260,9 @@ func (o *OVS) StopDB(t testing.TB) { o.db.stop() }
 // StartDB starts ovsdb-server after StopDB.
 func (o *OVS) StartDB(t testing.TB) {
 	t.Helper()
-	o.startDB(t)
+	if err := o.startDB(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // RestartSwitch stops ovs-vswitchd and starts it again; ports keep their
@@ -226,28 +270,40 @@ func (o *OVS) StartDB(t testing.TB) {
 func (o *OVS) RestartSwitch(t testing.TB) {
 	t.Helper()
 	o.sw.stop()
-	o.startSwitch(t)
+	if err := o.startSwitch(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Vsctl runs ovs-vsctl against this OVS and returns its trimmed output. By
 // default it waits until ovs-vswitchd has applied the change.
 func (o *OVS) Vsctl(t testing.TB, args ...string) string {
 	t.Helper()
-	out, err := o.run("ovs-vsctl", append([]string{"--db=" + o.DBAddr(), "--timeout=20"}, args...)...)
+	out, err := o.VsctlErr(args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
 }
 
+// VsctlErr is Vsctl for programs: it returns the error instead.
+func (o *OVS) VsctlErr(args ...string) (string, error) {
+	return o.run("ovs-vsctl", append([]string{"--db=" + o.DBAddr(), "--timeout=20"}, args...)...)
+}
+
 // Appctl runs ovs-appctl against this ovs-vswitchd.
 func (o *OVS) Appctl(t testing.TB, args ...string) string {
 	t.Helper()
-	out, err := o.run("ovs-appctl", append([]string{"-t", filepath.Join(o.dir, "ovs-vswitchd.ctl"), "--timeout=20"}, args...)...)
+	out, err := o.AppctlErr(args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// AppctlErr is Appctl for programs: it returns the error instead.
+func (o *OVS) AppctlErr(args ...string) (string, error) {
+	return o.run("ovs-appctl", append([]string{"-t", filepath.Join(o.dir, "ovs-vswitchd.ctl"), "--timeout=20"}, args...)...)
 }
 
 // Ofctl runs ovs-ofctl against a bridge's management socket, for test
@@ -278,22 +334,42 @@ func (o *OVS) run(name string, args ...string) (string, error) {
 // module is not available here).
 func (o *OVS) AddBridge(t testing.TB, name string) {
 	t.Helper()
-	o.Vsctl(t, "add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
+	if err := o.AddBridgeErr(name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// AddBridgeErr is AddBridge for programs.
+func (o *OVS) AddBridgeErr(name string) error {
+	_, err := o.VsctlErr("add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
+	return err
 }
 
 // OFPort returns the interface's OpenFlow port number, waiting until
 // ovs-vswitchd has assigned one.
 func (o *OVS) OFPort(t testing.TB, iface string) int {
 	t.Helper()
+	n, err := o.OFPortErr(iface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// OFPortErr is OFPort for programs.
+func (o *OVS) OFPortErr(iface string) (int, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out := o.Vsctl(t, "get", "Interface", iface, "ofport")
+		out, err := o.VsctlErr("get", "Interface", iface, "ofport")
+		if err != nil {
+			return 0, err
+		}
 		var n int
 		if _, err := fmt.Sscan(out, &n); err == nil && n > 0 {
-			return n
+			return n, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("interface %s has no ofport (got %q)", iface, out)
+			return 0, errors.New("interface " + iface + " has no ofport (got " + out + ")")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -314,6 +390,9 @@ func (o *OVS) readLog(name string) string {
 	return b.String()
 }
 
+// Logs returns the tails of both daemons' logs, for failure reports.
+func (o *OVS) Logs() string { return o.readLog("ovsdb-server") + o.readLog("ovs-vswitchd") }
+
 func (o *OVS) dumpLogs(t testing.TB) {
-	t.Logf("private OVS logs:\n%s%s", o.readLog("ovsdb-server"), o.readLog("ovs-vswitchd"))
+	t.Logf("private OVS logs:\n%s", o.Logs())
 }

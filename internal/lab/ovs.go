@@ -1,0 +1,105 @@
+package lab
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/ovstest"
+)
+
+// ovsHost makes ns an Open vSwitch host: a private OVS, bridge Bridge on the
+// userspace datapath (the kernel module is not available everywhere) and
+// uplink up0 to the switch port swPort.
+func (l *Lab) ovsHost(ns *netlab.NS, swPort string) error {
+	o, err := ovstest.Launch(ns)
+	if err != nil {
+		return fmt.Errorf("lab: Open vSwitch on %s: %w", ns.Name, err)
+	}
+	if ns == l.HostA {
+		l.OVSA = o
+	} else {
+		l.OVSB = o
+	}
+	if err := o.AddBridgeErr(Bridge); err != nil {
+		return err
+	}
+	if _, err := ns.Sh(fmt.Sprintf(`
+		ip link add up0 type veth peer name %s netns %s
+		ip link set up0 up`, swPort, l.Switch.Name)); err != nil {
+		return err
+	}
+	_, err = o.VsctlErr("add-port", Bridge, "up0")
+	return err
+}
+
+// ovsPlug creates a VM port as XenServer's vif-openvswitch does: the vif
+// joins the bridge admin-up with external_ids:attached-mac, and has carrier
+// only once the guest's end (peer, in the VM namespace) comes up.
+func (l *Lab) ovsPlug(ns *netlab.NS, vif, peer string) error {
+	o := l.ovsOf(ns)
+	if ns == l.HostA {
+		// The VM's one warm-up broadcast must reach host B, which the
+		// switch floods to its ports only once their link watch has run.
+		for _, p := range []string{"pA", "pB"} {
+			if err := waitForwarding(l.Switch, p, 3*time.Second); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := ns.Sh(fmt.Sprintf(`
+		ip link add %[1]s type veth peer name %[2]s netns %[3]s
+		ip link set %[1]s up`, vif, peer, l.VM.Name)); err != nil {
+		return err
+	}
+	_, err := o.VsctlErr("add-port", Bridge, vif, "--", "set", "Interface", vif, "external_ids:attached-mac="+GuestMAC)
+	return err
+}
+
+func (l *Lab) ovsOf(ns *netlab.NS) *ovstest.OVS {
+	switch {
+	case ns == l.HostA && l.OVSA != nil:
+		return l.OVSA
+	case ns == l.HostB && l.OVSB != nil:
+		return l.OVSB
+	}
+	return nil
+}
+
+func (l *Lab) closeOVS() {
+	for _, o := range []*ovstest.OVS{l.OVSA, l.OVSB} {
+		if o != nil {
+			o.Close()
+		}
+	}
+}
+
+// ovsFDBPort returns the interface OVS forwards mac to, "" if it has no entry.
+func ovsFDBPort(o *ovstest.OVS, bridge, mac string) (string, error) {
+	out, err := o.AppctlErr("fdb/show", bridge)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || !strings.EqualFold(f[2], mac) {
+			continue
+		}
+		if _, err := strconv.Atoi(f[0]); err != nil {
+			return f[0], nil // LOCAL
+		}
+		return o.VsctlErr("--bare", "--columns=name", "find", "Interface", "ofport="+f[0])
+	}
+	return "", nil
+}
+
+// AgentConfig returns base with what an agent on host B needs to reach its
+// Open vSwitch, when the lab has one.
+func (l *Lab) AgentConfig(base string) string {
+	if l.OVSB == nil {
+		return base
+	}
+	return base + fmt.Sprintf("ovs: {db: %q, rundir: %q}\n", l.OVSB.DBAddr(), l.OVSB.RunDir())
+}

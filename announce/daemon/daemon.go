@@ -75,6 +75,10 @@ type port struct {
 	ready   bool
 
 	frameSeen bool
+	// resumed: libvirt said the domain runs here (RESUMED/MIGRATED) before
+	// the port was ready; whatever the trigger, the port is announced when
+	// it becomes ready.
+	resumed bool
 	frameMAC  net.HardwareAddr
 	frameAt   time.Time
 	listen    context.CancelFunc
@@ -271,6 +275,10 @@ func (dm *Daemon) update(p *port, ready bool, now time.Time) {
 	if !ready || p.announced {
 		return
 	}
+	if p.resumed {
+		dm.arrive(p, byLibvirt, now)
+		return
+	}
 	switch p.trigger {
 	case config.TriggerCarrier:
 		dm.arrive(p, byCarrier, now)
@@ -287,6 +295,7 @@ func (dm *Daemon) leave(p *port, why string) {
 	p.ready = false
 	p.announced = false
 	p.frameSeen = false
+	p.resumed = false
 	p.frameMAC = nil
 	for mac, g := range dm.guests {
 		if g.pending == p.key {

@@ -25,8 +25,8 @@ func (dm *Daemon) Resumed(domain string, devs []string, at time.Time) {
 		}
 		// A running guest is as good a sign as its first frame: if the
 		// port is not ready yet, it is announced the moment it is.
-		p.frameSeen = true
 		if !p.ready {
+			p.resumed = true
 			continue
 		}
 		if p.announced && dm.recentlyAnnounced(p) {

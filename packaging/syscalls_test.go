@@ -60,10 +60,9 @@ ip link set br0 up; ip link set up0 up; ip link set up0p up`); err != nil {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	exited := false
 	defer func() {
-		select {
-		case <-done:
-		default:
+		if !exited {
 			cmd.Process.Kill()
 			<-done
 		}
@@ -92,6 +91,7 @@ ip link set vif5.0 up; ip link set guest5 up`); err != nil {
 	syscall.Kill(pid, syscall.SIGTERM)
 	select {
 	case err := <-done:
+		exited = true
 		if err != nil {
 			b, _ := os.ReadFile(logf.Name())
 			t.Fatalf("daemon under strace: %v\n%s", err, b)

@@ -325,11 +325,16 @@ func (dm *Daemon) startListening(p *port) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.listen = cancel
-	key := p.key
+	key, name := p.key, p.name
 	go func() {
 		defer l.Close()
 		src, at, err := l.Wait(ctx)
 		if err != nil {
+			if ctx.Err() == nil {
+				// The port stays followed, but only a carrier-independent
+				// signal (a libvirt resume) can announce it now.
+				dm.d.Log.Warn("guest-frame listener failed", zap.String("port", name), zap.Error(err))
+			}
 			return
 		}
 		dm.guestFrame(key, ctx, src, at)

@@ -138,9 +138,17 @@ func (n *nlFDB) entries(bridge int) ([]fdbEntry, error) {
 }
 
 func (n *nlFDB) links() ([]Link, error) {
+	// Statistics are most of each message, and a host receiving a wave of
+	// migrations dumps its links once per guest.
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
 	msgs, err := n.c.Execute(netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request | netlink.Dump},
-		Data:   ifinfomsg(unix.AF_UNSPEC, 0),
+		Data:   append(ifinfomsg(unix.AF_UNSPEC, 0), attrs...),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rtnetlink link dump: %v", netErr(err))

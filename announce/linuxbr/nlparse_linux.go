@@ -14,7 +14,8 @@ import (
 // Bridge netlink constants from <linux/if_bridge.h> and <linux/rtnetlink.h>
 // that golang.org/x/sys/unix does not carry.
 const (
-	rtextFilterBRVLAN = 1 << 1 // RTEXT_FILTER_BRVLAN
+	rtextFilterBRVLAN    = 1 << 1 // RTEXT_FILTER_BRVLAN
+	rtextFilterSkipStats = 1 << 3 // RTEXT_FILTER_SKIP_STATS
 
 	iflaBridgeVLANInfo = 2 // IFLA_BRIDGE_VLAN_INFO
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -111,6 +112,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	engine := burst.New(cfg.Rate, m)
 	defer engine.Close()
 
+	owned := &hostOwnedCache{ttl: time.Second}
 	res := &reloadable{}
 	res.set(cfg)
 	defer res.close()
@@ -127,7 +129,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 			return g, ok, nil
 		},
 		HostOwned: func(ctx context.Context) ([]netHW, []netIP, error) {
-			return hostOwned(dm0(res).VMPorts)(ctx)
+			return owned.get(ctx, dm0(res))
 		},
 		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },
 	})
@@ -205,6 +207,34 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 			return nil
 		}
 	}
+}
+
+// hostOwnedCache keeps the host's own addresses for a moment. Listing them
+// dumps every link and address; a wave of arrivals (a host evacuated onto
+// this one) would do that once per guest, and with hundreds of vifs that
+// alone pushed the last guests' first frames seconds late. Host addresses
+// change by operator action, not within the second a wave lasts.
+type hostOwnedCache struct {
+	mu   sync.Mutex
+	ttl  time.Duration
+	cfg  *config.Config
+	at   time.Time
+	macs []netHW
+	ips  []netIP
+}
+
+func (c *hostOwnedCache) get(ctx context.Context, cfg *config.Config) ([]netHW, []netIP, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cfg == cfg && time.Since(c.at) < c.ttl {
+		return c.macs, c.ips, nil
+	}
+	macs, ips, err := hostOwned(cfg.VMPorts)(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.cfg, c.at, c.macs, c.ips = cfg, time.Now(), macs, ips
+	return macs, ips, nil
 }
 
 // linuxPlanner plans with the config in force.

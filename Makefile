@@ -13,7 +13,7 @@ export CGO_ENABLED ?= 0
 # Debian packages the lab and the tests run on. Installed only when missing.
 LAB_PKGS  := iproute2 iputils-ping
 TEST_PKGS := $(LAB_PKGS) qemu-system-x86 openvswitch-switch libvirt-daemon libvirt-clients \
-	libvirt-daemon-driver-qemu libcap2-bin arping rpm man-db dpkg-dev
+	libvirt-daemon-driver-qemu libcap2-bin arping rpm man-db dpkg-dev strace curl systemd
 define apt_install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -41,8 +41,9 @@ lab: deps-lab build
 
 # Every test. End-to-end tests need root; SELFANNOUNCE_E2E=require (CI) makes
 # a skipped one fail.
-test: deps build
-	$(GO) test -count=1 -timeout 30m ./...
+# The package tests inspect and install the .deb and .rpm built first.
+test: deps build packages
+	SELFANNOUNCE_PACKAGES=$(PKG_DIST) $(GO) test -count=1 -timeout 40m ./...
 
 unit:
 	$(GO) test -count=1 -short ./...

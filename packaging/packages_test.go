@@ -397,7 +397,7 @@ func TestDebLifecycle(t *testing.T) {
 	page := run(t, "env", "MANPAGER=cat", "MANWIDTH=80", "man", "8", "announce-daemon")
 	for _, s := range []string{"announce-daemon", "--config", "SIGHUP", "SIGNALS"} {
 		if !strings.Contains(page, s) {
-			t.Errorf("man announce-daemon lacks %q", s)
+			t.Errorf("man announce-daemon lacks %q:\n%s", s, page)
 		}
 	}
 	if out := run(t, binPath, "--help"); !strings.Contains(out, "daemon") {

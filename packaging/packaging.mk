@@ -11,11 +11,13 @@
 #   unit-security    print the unit's systemd-analyze exposure score
 #
 # Variables (override on the command line):
-#   PKG_VERSION  package version, default $(VERSION) without a leading "v", or 0.1.0
+#   PKG_VERSION  package version, default derived from $(VERSION) (git describe), see below
 #   PKG_ARCH     Go architecture, default from `go env GOARCH`
 #   PKG_DIST     output directory, default dist
 #   PKG_BIN      the binary to package, default bin/announce (built by `make build`)
 #   PKG_HOOKS    hooks tree, default hooks
+#   PKG_STAGE    generated files (binary, man, completions, docs), default dist/.stage
+#   NFPM         the nfpm command, default `go run` of NFPM_VERSION
 
 PKG_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
 
@@ -30,7 +32,7 @@ PKG_ARCH    ?= $(shell go env GOARCH)
 PKG_DIST    ?= $(PKG_ROOT)/dist
 PKG_BIN     ?= $(PKG_ROOT)/bin/announce
 PKG_HOOKS   ?= $(PKG_ROOT)/hooks
-PKG_STAGE   ?= $(PKG_ROOT)/build/package
+PKG_STAGE   ?= $(PKG_ROOT)/dist/.stage
 
 # 2.45.2, not 2.48.0: from 2.46 nfpm needs go.digitalxero.dev modules the
 # module proxy refuses to serve. `go run pkg@version` caches the built tool.
@@ -41,8 +43,11 @@ NFPM ?= go run github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 # without any of them.
 PKG_HOOK_FILES := xapi-vm-post-migrate xen-vif-post.hook libvirt-qemu
 
-# Reproducible man page dates and gzip headers when the caller sets it.
+# Reproducible man page dates when the caller sets it. Exported only when
+# set: an empty SOURCE_DATE_EPOCH makes groff (man) fail.
+ifneq ($(SOURCE_DATE_EPOCH),)
 export SOURCE_DATE_EPOCH
+endif
 
 .PHONY: packages packages-deb packages-rpm package-docs package-binary package-stage packages-test packages-clean unit-security
 

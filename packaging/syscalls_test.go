@@ -103,7 +103,7 @@ ip link set vif5.0 up; ip link set guest5 up`); err != nil {
 	used := tracedSyscalls(t, trace)
 	var denied []string
 	for _, s := range used {
-		if !allowed[s] {
+		if !allowed.admits(s) {
 			denied = append(denied, s)
 		}
 	}
@@ -169,35 +169,50 @@ func tracedSyscalls(t *testing.T, trace string) []string {
 	return out
 }
 
+// syscallFilter is a unit's SystemCallFilter= as systemd applies it: an
+// allow list (nil when the unit gives none, i.e. everything) less a deny set.
+type syscallFilter struct {
+	allow, deny map[string]bool
+}
+
+func (f syscallFilter) admits(s string) bool {
+	return (f.allow == nil || f.allow[s]) && !f.deny[s]
+}
+
 // unitSyscalls evaluates the unit's SystemCallFilter= lines the way systemd
-// does: the first allow list, then each "~" list removed, groups expanded by
-// systemd-analyze itself.
-func unitSyscalls(t *testing.T, unit string) map[string]bool {
+// does, with groups expanded by systemd-analyze itself.
+func unitSyscalls(t *testing.T, unit string) syscallFilter {
 	t.Helper()
 	b, err := os.ReadFile(unit)
 	if err != nil {
 		t.Fatal(err)
 	}
-	allowed := map[string]bool{}
-	first := true
+	f := syscallFilter{deny: map[string]bool{}}
+	n := 0
 	for _, l := range strings.Split(string(b), "\n") {
 		v, ok := strings.CutPrefix(strings.TrimSpace(l), "SystemCallFilter=")
 		if !ok {
 			continue
 		}
-		deny := strings.HasPrefix(v, "~")
-		if first && deny {
-			t.Fatal("the unit's first SystemCallFilter= is a deny list; expected an allow list")
+		n++
+		if w, deny := strings.CutPrefix(v, "~"); deny {
+			for _, s := range expandSyscalls(t, strings.Fields(w)) {
+				f.deny[s] = true
+			}
+			continue
 		}
-		first = false
-		for _, s := range expandSyscalls(t, strings.Fields(strings.TrimPrefix(v, "~"))) {
-			allowed[s] = !deny
+		if f.allow == nil {
+			f.allow = map[string]bool{}
+		}
+		for _, s := range expandSyscalls(t, strings.Fields(v)) {
+			f.allow[s] = true
+			delete(f.deny, s)
 		}
 	}
-	if first {
+	if n == 0 {
 		t.Fatal("the unit sets no SystemCallFilter=")
 	}
-	return allowed
+	return f
 }
 
 func expandSyscalls(t *testing.T, names []string) []string {

@@ -3,11 +3,14 @@
 package linuxbr
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -96,7 +99,11 @@ func netlinkKind(ifindex int) (string, error) {
 }
 
 // nlFDB is fdbOps over one rtnetlink socket.
-type nlFDB struct{ c *netlink.Conn }
+type nlFDB struct {
+	c      *netlink.Conn
+	netns  uint64 // 0: unknown, nothing is cached
+	bridge int    // of the last entries call, for patching the cache
+}
 
 func dialFDB(ctx context.Context) (*nlFDB, error) {
 	c, err := dialRoute()
@@ -109,12 +116,79 @@ func dialFDB(ctx context.Context) (*nlFDB, error) {
 			return nil, err
 		}
 	}
-	return &nlFDB{c: c}, nil
+	n := &nlFDB{c: c}
+	var st unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &st) == nil {
+		n.netns = st.Ino
+	}
+	return n, nil
 }
 
 func (n *nlFDB) Close() error { return n.c.Close() }
 
+// fdbCache shares one forwarding-database dump between the repairs of a
+// wave of arrivals. The dump grows with every port of every bridge (a 200-vif
+// bridge has 600 entries) and was the costliest step of a repair: 200
+// guests arriving at once pushed the last first frames 500 ms late. Each
+// repair only looks at its own guest's MAC, and the cache is patched with
+// every change made through it, so what it can miss is an entry the kernel
+// learned in the last fdbCacheTTL: the same race a fresh dump has with
+// learning, stretched from a millisecond to fdbCacheTTL.
+var fdbCache struct {
+	sync.Mutex
+	netns uint64
+	at    time.Time
+	ents  []fdbEntry // every bridge's
+}
+
+const fdbCacheTTL = 100 * time.Millisecond
+
 func (n *nlFDB) entries(bridge int) ([]fdbEntry, error) {
+	n.bridge = bridge
+	fdbCache.Lock()
+	defer fdbCache.Unlock()
+	if n.netns == 0 || fdbCache.netns != n.netns || time.Since(fdbCache.at) >= fdbCacheTTL {
+		all, err := n.dumpFDB()
+		if err != nil {
+			return nil, err
+		}
+		fdbCache.ents, fdbCache.at, fdbCache.netns = all, time.Now(), n.netns
+	}
+	var out []fdbEntry
+	for _, e := range fdbCache.ents {
+		if e.Master == bridge {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// patchCache records a change made through n: the entries for mac on vlan
+// are replaced by e, or removed when e is nil.
+func (n *nlFDB) patchCache(mac net.HardwareAddr, vlan uint16, e *fdbEntry) {
+	fdbCache.Lock()
+	defer fdbCache.Unlock()
+	if n.netns == 0 || fdbCache.netns != n.netns {
+		return
+	}
+	// In place: a wave patches once per guest, and copying the table each
+	// time cost more than the dump it saves.
+	ents := fdbCache.ents
+	for i := 0; i < len(ents); {
+		if ents[i].VLAN == vlan && bytes.Equal(ents[i].MAC, mac) {
+			ents[i] = ents[len(ents)-1]
+			ents = ents[:len(ents)-1]
+			continue
+		}
+		i++
+	}
+	if e != nil {
+		ents = append(ents, *e)
+	}
+	fdbCache.ents = ents
+}
+
+func (n *nlFDB) dumpFDB() ([]fdbEntry, error) {
 	nd := make([]byte, unix.SizeofNdMsg)
 	nd[0] = unix.AF_BRIDGE
 	msgs, err := n.c.Execute(netlink.Message{
@@ -130,16 +204,43 @@ func (n *nlFDB) entries(bridge int) ([]fdbEntry, error) {
 		if err != nil {
 			return nil, err
 		}
-		if e.Master == bridge {
-			out = append(out, e)
-		}
+		out = append(out, e)
 	}
 	return out, nil
 }
 
+// linkCache shares one link dump between the repairs of a wave of arrivals.
+// The dump is the costliest step of a repair: a host receiving 200 guests
+// at once listed every one of its 400 links 200 times, and the last guests'
+// first frames left most of a second late. Interface addresses change by
+// operator action, not within a second. Keyed by network namespace, since
+// tests repair in several from one process.
+var linkCache struct {
+	sync.Mutex
+	netns uint64
+	at    time.Time
+	links []Link
+}
+
+const linkCacheTTL = time.Second
+
 func (n *nlFDB) links() ([]Link, error) {
-	// Statistics are most of each message, and a host receiving a wave of
-	// migrations dumps its links once per guest.
+	var st unix.Stat_t
+	cacheable := unix.Stat("/proc/thread-self/ns/net", &st) == nil
+	linkCache.Lock()
+	defer linkCache.Unlock()
+	if cacheable && linkCache.netns == st.Ino && time.Since(linkCache.at) < linkCacheTTL {
+		return linkCache.links, nil
+	}
+	links, err := n.dumpLinks()
+	if err == nil && cacheable {
+		linkCache.netns, linkCache.at, linkCache.links = st.Ino, time.Now(), links
+	}
+	return links, err
+}
+
+func (n *nlFDB) dumpLinks() ([]Link, error) {
+	// Statistics are most of each message.
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)
 	attrs, err := ae.Encode()
@@ -176,7 +277,12 @@ func (n *nlFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 		},
 		Data: data,
 	})
-	return netErr(err)
+	if err != nil {
+		n.dropCache()
+		return netErr(err)
+	}
+	n.patchCache(mac, vlan, &fdbEntry{Port: port, Master: n.bridge, MAC: mac, VLAN: vlan, State: unix.NUD_REACHABLE, Flags: unix.NTF_MASTER})
+	return nil
 }
 
 func (n *nlFDB) remove(e fdbEntry) error {
@@ -189,9 +295,20 @@ func (n *nlFDB) remove(e fdbEntry) error {
 		Data:   data,
 	})
 	if errors.Is(err, unix.ENOENT) {
-		return nil // aged out meanwhile
+		err = nil // aged out meanwhile
 	}
-	return netErr(err)
+	if err != nil {
+		n.dropCache()
+		return netErr(err)
+	}
+	n.patchCache(e.MAC, e.VLAN, nil)
+	return nil
+}
+
+func (n *nlFDB) dropCache() {
+	fdbCache.Lock()
+	fdbCache.at = time.Time{}
+	fdbCache.Unlock()
 }
 
 // netErr turns a timeout into one that says the deadline passed.

@@ -42,6 +42,10 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == probeCmd {
+		probeMain(os.Args[2:])
+		return
+	}
 	var o options
 	flag.StringVar(&o.announce, "announce", "", "announce binary to measure (default: go build ./cmd/announce into a temporary directory)")
 	flag.StringVar(&o.doc, "doc", "docs/performance.md", "markdown file whose generated section is rewritten; empty prints only")
@@ -50,7 +54,7 @@ func main() {
 	flag.IntVar(&o.idlePorts, "idle-ports", 1000, "idle VM ports for the idle-cost run")
 	flag.DurationVar(&o.idle, "idle", 60*time.Second, "idle-cost measurement window")
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "wait after the daemon is ready before the idle window")
-	flag.StringVar(&o.phases, "phases", "gobench,latency,arrivals,baseline,idle", "comma-separated phases to run")
+	flag.StringVar(&o.phases, "phases", "gobench,costs,latency,arrivals,baseline,idle", "comma-separated phases to run")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the daemon logs and config")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -111,6 +115,13 @@ func run(ctx context.Context, o *options) (*report, error) {
 			}
 			r.goBench = append(r.goBench, gb)
 		}
+	}
+	if has(o.phases, "costs") {
+		c, err := costsPhase([]int{1, o.arrivals, o.idlePorts})
+		if err != nil {
+			return nil, err
+		}
+		r.costs = c
 	}
 	needDaemon := has(o.phases, "latency") || has(o.phases, "arrivals") || has(o.phases, "idle")
 	if needDaemon {

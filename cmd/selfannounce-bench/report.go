@@ -70,6 +70,7 @@ type report struct {
 	baseline       *latencyRun
 	baselineScript string
 	idle           *idleRun
+	costs          []costRun
 }
 
 // pct is the nearest-rank percentile of ds.
@@ -170,6 +171,27 @@ func (r *report) markdown(o *options) string {
 			i.ports, i.carrier, ms(i.startup), o.settle, i.window)
 		w("| CPU ticks (utime+stime) | CPU time (schedstat) | wakeups (voluntary+involuntary context switches, all threads) | threads | peak RSS |\n|---|---|---|---|---|\n")
 		w("| %d | %.3f ms | %d | %d | %.1f MiB |\n\n", i.ticks, float64(i.cpuNS)/1e6, i.ctxsw, i.threads, float64(i.hwmKiB)/1024)
+	}
+	if len(r.costs) > 0 {
+		w("#### Where an arrival's time goes\n\nEach step of the daemon's arrival path timed alone (mean of 50 runs, `selfannounce-bench %s` inside the host namespace), by number of ports on the bridge:\n\n| step |", probeCmd)
+		for _, c := range r.costs {
+			w(" %d ports |", c.ports)
+		}
+		w("\n|---|")
+		for range r.costs {
+			w("---|")
+		}
+		w("\n")
+		for i, s := range r.costs[0].steps {
+			w("| %s |", s.name)
+			for _, c := range r.costs {
+				if i < len(c.steps) {
+					w(" %s |", ms(c.steps[i].cost))
+				}
+			}
+			w("\n")
+		}
+		w("\n")
 	}
 	if l := r.baseline; l != nil {
 		latencyTable("#### Baseline: `ip monitor link` + `arping` per event", l)

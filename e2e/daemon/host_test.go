@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/selfannounce/selfannounce/internal/netlab"
 )
 
@@ -85,3 +87,88 @@ func macN(i int) string {
 
 // ipN is a distinct guest IPv4 address per index.
 func ipN(i int) string { return fmt.Sprintf("10.1.%d.%d", i>>8, i&0xff) }
+
+// linkToggler sets links up and down in a namespace with one ioctl each,
+// fast enough to flap a link on a 50 ms beat, which `ip` cannot.
+type linkToggler struct{ fd int }
+
+func newLinkToggler(t *testing.T, ns *netlab.NS) *linkToggler {
+	t.Helper()
+	lt := &linkToggler{}
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		lt.fd = fd
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(lt.fd) })
+	return lt
+}
+
+func (lt *linkToggler) set(name string, up bool) error {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(lt.fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	f := ifr.Uint16()
+	if up {
+		f |= unix.IFF_UP
+	} else {
+		f &^= unix.IFF_UP
+	}
+	ifr.SetUint16(f)
+	return unix.IoctlIfreq(lt.fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// teach makes the host's bridge learn each MAC behind its uplink, as it
+// does in the field from a guest's broadcasts while the guest lives on
+// another host: one broadcast per MAC, sent from the switch's side.
+func (h *host) teach(macs []string) {
+	h.t.Helper()
+	err := h.sw.Do(func() error {
+		ifi, err := net.InterfaceByName("pB")
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		for _, m := range macs {
+			src, err := net.ParseMAC(m)
+			if err != nil {
+				return err
+			}
+			f := make([]byte, 60)
+			copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+			copy(f[6:12], src)
+			f[12], f[13] = 0x88, 0xb5 // local experimental ethertype: nobody answers
+			if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		h.t.Fatalf("teaching the host bridge: %v", err)
+	}
+}
+
+// fdb returns the host bridge's dynamic entries: MAC → port.
+func (h *host) fdb() map[string]string {
+	h.t.Helper()
+	out := map[string]string{}
+	for _, line := range strings.Split(sh(h.t, h.ns, "bridge fdb show br xenbr0"), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[1] == "dev" && !strings.Contains(line, "permanent") {
+			out[f[0]] = f[2]
+		}
+	}
+	return out
+}

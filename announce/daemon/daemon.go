@@ -78,10 +78,10 @@ type port struct {
 	// resumed: libvirt said the domain runs here (RESUMED/MIGRATED) before
 	// the port was ready; whatever the trigger, the port is announced when
 	// it becomes ready.
-	resumed bool
-	frameMAC  net.HardwareAddr
-	frameAt   time.Time
-	listen    context.CancelFunc
+	resumed  bool
+	frameMAC net.HardwareAddr
+	frameAt  time.Time
+	listen   context.CancelFunc
 
 	// announced is true once this arrival was handled (announced,
 	// suppressed or present at start-up): it resets when the port leaves.

@@ -274,6 +274,9 @@ func sequential(ctx context.Context, l *lab, rec *recorder, reps int, match func
 			}
 		} else {
 			res.lat = append(res.lat, fr.at.Sub(ce.at))
+			if os.Getenv("BENCH_DEBUG") != "" && fr.at.Sub(ce.at) > 2*time.Millisecond {
+				fmt.Fprintf(os.Stderr, "slow %s at %s: %v\n", v.name, ce.at.Format("05.000"), fr.at.Sub(ce.at))
+			}
 			res.fromReq = append(res.fromReq, fr.at.Sub(t0))
 		}
 		if err := l.set.setUp(v.peerIx, false); err != nil {

@@ -13,7 +13,7 @@ export CGO_ENABLED ?= 0
 # Debian packages the lab and the tests run on. Installed only when missing.
 LAB_PKGS  := iproute2 iputils-ping
 TEST_PKGS := $(LAB_PKGS) qemu-system-x86 openvswitch-switch libvirt-daemon libvirt-clients \
-	libvirt-daemon-driver-qemu libcap2-bin arping rpm man-db dpkg-dev strace curl systemd
+	libvirt-daemon-driver-qemu libcap2-bin iputils-arping rpm man-db dpkg-dev strace curl systemd
 define apt_install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -55,11 +55,15 @@ func TestOVSReactionLatency(t *testing.T) {
 		// When OVS itself reported the carrier (link_state) to OVSDB, as
 		// the daemon's log stamps it: what readiness from OVSDB alone
 		// would cost.
-		if d.waitLog(2*time.Second, func(m map[string]any) bool {
-			return portEvent("vif1.0", "changed")(m) && strings.Contains(m["event"].(string), "link=true") && d.count(portEvent("vif1.0", "changed")) > events
-		}) {
-			if at, ok := d.lastTS(portEvent("vif1.0", "changed")); ok && at.After(up) {
-				ovsdb = append(ovsdb, at.Sub(up))
+		linkUp := func(m map[string]any) bool {
+			return portEvent("vif1.0", "changed")(m) && strings.Contains(m["event"].(string), "link=true")
+		}
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if d.count(portEvent("vif1.0", "changed")) > events {
+				if at, ok := d.lastTS(linkUp); ok && at.After(up) {
+					ovsdb = append(ovsdb, at.Sub(up))
+					break
+				}
 			}
 		}
 		h.carrierDown("vif1.0")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +27,12 @@ type Metrics struct {
 	LastArrival     prometheus.Gauge
 	LastBurst       prometheus.Gauge
 	Ports           *prometheus.GaugeVec
+	overruns        atomic.Pointer[func() uint64]
 }
+
+// CountOverruns names where the netlink overrun count comes from (the link
+// watcher keeps it).
+func (m *Metrics) CountOverruns(f func() uint64) { m.overruns.Store(&f) }
 
 // New registers the collectors on a private registry.
 func New() *Metrics {
@@ -62,7 +68,16 @@ func New() *Metrics {
 			Name: "selfannounce_ports", Help: "VM ports known, by state: ready or waiting.",
 		}, []string{"state"}),
 	}
-	m.Registry.MustRegister(m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.Latency, m.Arrivals,
+	overruns := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "selfannounce_netlink_overruns_total",
+		Help: "Netlink receive-buffer overruns, each recovered by a re-dump.",
+	}, func() float64 {
+		if f := m.overruns.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	m.Registry.MustRegister(overruns, m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.Latency, m.Arrivals,
 		m.LastArrival, m.LastBurst, m.Ports,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, k := range []string{"rarp", "garp", "na"} {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -145,10 +144,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 		return runtimeErr(fmt.Errorf("netlink: %w", err))
 	}
 	defer w.Close()
-	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "selfannounce_netlink_overruns_total",
-		Help: "Netlink receive-buffer overruns, each recovered by a re-dump.",
-	}, func() float64 { return float64(w.Overruns()) }))
+	m.CountOverruns(w.Overruns)
 
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()

@@ -1,13 +1,19 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"net"
+	"net/netip"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/selfannounce/selfannounce/announce"
 	"github.com/selfannounce/selfannounce/announce/burst"
+	"github.com/selfannounce/selfannounce/announce/linuxbr"
+	"github.com/selfannounce/selfannounce/announce/netwatch"
+	"github.com/selfannounce/selfannounce/announce/plan"
 	"github.com/selfannounce/selfannounce/announce/resolve"
 )
 
@@ -120,16 +126,54 @@ func (dm *Daemon) identify(p *port) (announce.Guest, error) {
 		}
 		return g, errf("no resolver knows the guest")
 	}
-	if dm.d.HostOwned != nil {
-		macs, ips, err := dm.d.HostOwned(ctx)
-		if err != nil {
+	var ips []netip.Addr
+	if dm.d.HostIPs != nil && len(g.IPs) > 0 {
+		var err error
+		if ips, err = dm.d.HostIPs(ctx); err != nil {
 			return g, errf("cannot list this host's addresses: %v", err)
 		}
-		if g, err = resolve.DropHostOwned(g, macs, ips); err != nil {
-			return g, err
+	}
+	return resolve.DropHostOwned(g, dm.hostMACs(g.MAC), ips)
+}
+
+// hostMACs returns the host's own MACs equal to mac: those of links that are
+// not VM ports (a VM port's MAC is fe:ff:ff:ff:ff:ff or derived from its
+// guest's, and stands for the guest). The link table follows every
+// rtnetlink event, so it is as fresh as a dump and costs none.
+func (dm *Daemon) hostMACs(mac net.HardwareAddr) []net.HardwareAddr {
+	var out []net.HardwareAddr
+	for _, l := range dm.links {
+		if len(mac) > 0 && bytes.Equal(l.MAC, mac) && !dm.cfg.IsVMPort(l.Name) {
+			out = append(out, l.MAC)
 		}
 	}
-	return g, nil
+	return out
+}
+
+// bridgeTable is the part of the link table a Linux-bridge port's path is
+// resolved from: the port, its bridge and the bridge's other ports.
+func (dm *Daemon) bridgeTable(p *port) []linuxbr.TableLink {
+	l, ok := dm.links[p.ifindex]
+	if !ok {
+		return nil
+	}
+	out := []linuxbr.TableLink{tableLink(l)}
+	if l.Master == 0 {
+		return out
+	}
+	if br, ok := dm.links[l.Master]; ok {
+		out = append(out, tableLink(br))
+	}
+	for _, o := range dm.links {
+		if o.Master == l.Master && o.Index != l.Index {
+			out = append(out, tableLink(o))
+		}
+	}
+	return out
+}
+
+func tableLink(l netwatch.Link) linuxbr.TableLink {
+	return linuxbr.TableLink{Link: linuxbr.Link{Name: l.Name, Index: l.Index, MAC: l.MAC}, Kind: l.Kind, Master: l.Master}
 }
 
 func (dm *Daemon) start(p *port, g announce.Guest, gs *guest, by string, at time.Time, log *zap.Logger) {
@@ -141,7 +185,13 @@ func (dm *Daemon) start(p *port, g announce.Guest, gs *guest, by string, at time
 		log.Error("no sender for this port's backend")
 		return
 	}
-	pl, err := planner.Plan(p.name, g)
+	var pl *plan.Plan
+	var err error
+	if tp, ok := planner.(LinkTablePlanner); ok && p.backend == linuxBridge {
+		pl, err = tp.PlanLinks(dm.bridgeTable(p), p.name, g)
+	} else {
+		pl, err = planner.Plan(p.name, g)
+	}
 	if err != nil {
 		log.Warn("not announced: "+err.Error(), zap.Stringer("mac", g.MAC))
 		return

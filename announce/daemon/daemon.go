@@ -16,6 +16,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce"
 	"github.com/selfannounce/selfannounce/announce/burst"
 	"github.com/selfannounce/selfannounce/announce/config"
+	"github.com/selfannounce/selfannounce/announce/linuxbr"
 	"github.com/selfannounce/selfannounce/announce/metrics"
 	"github.com/selfannounce/selfannounce/announce/netwatch"
 	"github.com/selfannounce/selfannounce/announce/ovs"
@@ -25,6 +26,14 @@ import (
 // Planner builds the frames and path for a guest behind a port.
 type Planner interface {
 	Plan(port string, g announce.Guest) (*plan.Plan, error)
+}
+
+// LinkTablePlanner is a Planner that can resolve a Linux-bridge port's path
+// from links the daemon already holds, rather than asking the OS again on
+// the arrival's critical path. links are the port, its bridge and the
+// bridge's other ports, as the latest rtnetlink events described them.
+type LinkTablePlanner interface {
+	PlanLinks(links []linuxbr.TableLink, port string, g announce.Guest) (*plan.Plan, error)
 }
 
 // FrameListener waits for the first frame a guest sends through a port.
@@ -42,8 +51,10 @@ type Deps struct {
 	Metrics *metrics.Metrics
 	// Resolve finds the guest behind a port (config, xenstore, libvirt).
 	Resolve func(ctx context.Context, port string) (announce.Guest, bool, error)
-	// HostOwned lists this host's own MACs and addresses, never announced.
-	HostOwned func(ctx context.Context) ([]net.HardwareAddr, []netip.Addr, error)
+	// HostIPs lists this host's own addresses, never announced. The host's
+	// own MACs need no call: they are those of the links the daemon keeps
+	// whose names are not VM ports'.
+	HostIPs func(ctx context.Context) ([]netip.Addr, error)
 	// ListenFrames opens a guest-frame listener on a port; nil disables the
 	// guest-frame trigger (such ports then wait forever).
 	ListenFrames func(ifindex int) (FrameListener, error)

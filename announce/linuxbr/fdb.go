@@ -1,7 +1,6 @@
 package linuxbr
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -11,28 +10,29 @@ import (
 
 // fdbOps is the kernel state RepairFDB reads and changes.
 type fdbOps interface {
-	// entries returns the forwarding database of the bridge with ifindex
-	// bridge (entries whose NDA_MASTER is the bridge).
-	entries(bridge int) ([]fdbEntry, error)
-	// links returns every link of the host with its address.
-	links() ([]Link, error)
+	// lookup returns the entry of the bridge with ifindex bridge for
+	// mac/vlan, exactly as the bridge would look it up to forward a frame;
+	// found is false when there is none.
+	lookup(bridge int, mac net.HardwareAddr, vlan uint16) (e fdbEntry, found bool, err error)
 	// move points mac/vlan at port as a dynamic entry, creating the entry
 	// or atomically re-pointing an existing one.
 	move(port int, mac net.HardwareAddr, vlan uint16) error
-	// remove deletes e.
-	remove(e fdbEntry) error
 }
 
 // RepairFDB makes the bridge's forwarding database point mac at the VM port
 // before any announcement leaves. While the guest lived elsewhere, the host
 // bridge learned its MAC behind an uplink from its broadcasts, and until the
-// entry changes the bridge drops the network's replies to the guest: every
-// entry for mac on the bridge (on Path.VLAN when it filters VLANs) that
-// points at another port is replaced by a dynamic entry on the VM port, which
-// ages and re-learns like any other. changed reports whether anything moved.
+// entry changes the bridge drops the network's replies to the guest. The one
+// entry the bridge forwards by (mac on Path.VLAN when it filters VLANs, else
+// on no VLAN) is read from the kernel at the moment of the repair, never from
+// a copy: an entry learned a millisecond ago counts. When it points at another
+// port it is replaced by a dynamic entry on the VM port, which ages and
+// re-learns like any other. changed reports whether anything moved.
 //
-// It refuses with ErrHostOwnedMAC, touching nothing, when mac is a local
-// (permanent) entry of the bridge or the address of any host interface.
+// It refuses with ErrHostOwnedMAC, touching nothing, when that entry is a
+// local (permanent) one: the address is the bridge's, a port's or one an
+// operator pinned. Addresses of the host's other interfaces are the callers'
+// to refuse before planning (resolve.DropHostOwned).
 func RepairFDB(ctx context.Context, p *Path, mac net.HardwareAddr) (changed bool, err error) {
 	if err := checkRepair(p, mac); err != nil {
 		return false, err
@@ -56,63 +56,51 @@ func checkRepair(p *Path, mac net.HardwareAddr) error {
 }
 
 func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (bool, error) {
-	links, err := ops.links()
-	if err != nil {
-		return false, err
-	}
-	for _, l := range links {
-		if bytes.Equal(l.MAC, mac) {
-			return false, fmt.Errorf("MAC %s %w: it is the address of interface %q", mac, ErrHostOwnedMAC, l.Name)
-		}
-	}
-	ents, err := ops.entries(p.Bridge.Index)
-	if err != nil {
-		return false, err
-	}
 	var vid uint16
 	if p.VLANFiltering {
 		vid = p.VLAN
 	}
-	var stale []fdbEntry
-	for _, e := range ents {
-		if !bytes.Equal(e.MAC, mac) {
-			continue
-		}
-		// Checked on every VLAN: a local entry anywhere means the address is
-		// the host's.
-		if e.local() {
-			return false, fmt.Errorf("MAC %s %w: it is a local entry of bridge %q", mac, ErrHostOwnedMAC, p.Bridge.Name)
-		}
-		if p.VLANFiltering && e.VLAN != vid {
-			continue
-		}
-		if e.Port != p.Port.Index {
-			stale = append(stale, e)
+	e, found, err := ops.lookup(p.Bridge.Index, mac, vid)
+	if err != nil {
+		return false, fmt.Errorf("bridge %q: looking up FDB entry %s vlan %d: %v", p.Bridge.Name, mac, vid, err)
+	}
+	if !found {
+		// Nothing stale: the bridge floods frames for mac, the guest's port
+		// included, until it learns the guest's first frame.
+		return false, nil
+	}
+	if e.local() {
+		return false, fmt.Errorf("MAC %s %w: it is a local entry of bridge %q%s", mac, ErrHostOwnedMAC, p.Bridge.Name, localOwner(p, e.Port))
+	}
+	if e.Port == p.Port.Index {
+		return false, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if err := ops.move(p.Port.Index, mac, vid); err != nil {
+		return false, fmt.Errorf("bridge %q: repairing FDB entry %s vlan %d: %v", p.Bridge.Name, mac, vid, err)
+	}
+	return true, nil
+}
+
+// localOwner names the port a local entry sits on, when the path knows it;
+// the bridge's own address sits on the bridge.
+func localOwner(p *Path, ifindex int) string {
+	if ifindex == p.Port.Index {
+		return fmt.Sprintf(" on port %q", p.Port.Name)
+	}
+	for _, u := range p.Uplinks {
+		if u.Index == ifindex {
+			return fmt.Sprintf(" on port %q", u.Name)
 		}
 	}
-	changed := false
-	for _, e := range stale {
-		if err := ctx.Err(); err != nil {
-			return changed, err
-		}
-		if e.VLAN == vid {
-			err = ops.move(p.Port.Index, mac, vid)
-		} else {
-			// Only without VLAN filtering: a leftover entry on a VLAN the
-			// bridge no longer looks up still claims another port.
-			err = ops.remove(e)
-		}
-		if err != nil {
-			return changed, fmt.Errorf("bridge %q: repairing FDB entry %s vlan %d: %v", p.Bridge.Name, mac, e.VLAN, err)
-		}
-		changed = true
-	}
-	return changed, nil
+	return ""
 }
 
 // fdbEntry is one entry of a bridge's forwarding database.
 type fdbEntry struct {
-	Port   int // ifindex the entry points at
+	Port   int // ifindex the entry points at (the bridge's own for its address)
 	Master int // the bridge's ifindex (NDA_MASTER)
 	MAC    net.HardwareAddr
 	VLAN   uint16

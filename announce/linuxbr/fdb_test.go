@@ -13,25 +13,22 @@ import (
 const nudReachable, nudNoARP = 0x02, 0x40
 
 // memFDB holds bridge forwarding databases with the kernel's semantics for
-// the operations RepairFDB uses (br_fdb_add, br_fdb_delete): one entry per
-// (bridge, MAC, VLAN), a replace re-points it and makes it dynamic.
+// the operations RepairFDB uses: br_fdb_get finds the one entry for
+// (bridge, MAC, VLAN), and br_fdb_add with NLM_F_REPLACE re-points it and
+// makes it dynamic.
 type memFDB struct {
-	hostLinks []Link
-	fdb       []fdbEntry
-	bridgeOf  map[int]int // port ifindex -> bridge ifindex
+	fdb      []fdbEntry
+	bridgeOf map[int]int // port ifindex -> bridge ifindex
 }
 
-func (m *memFDB) entries(bridge int) ([]fdbEntry, error) {
-	var out []fdbEntry
+func (m *memFDB) lookup(bridge int, mac net.HardwareAddr, vlan uint16) (fdbEntry, bool, error) {
 	for _, e := range m.fdb {
-		if e.Master == bridge {
-			out = append(out, e)
+		if e.Master == bridge && e.MAC.String() == mac.String() && e.VLAN == vlan {
+			return e, true, nil
 		}
 	}
-	return out, nil
+	return fdbEntry{}, false, nil
 }
-
-func (m *memFDB) links() ([]Link, error) { return m.hostLinks, nil }
 
 func (m *memFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 	br := m.bridgeOf[port]
@@ -43,16 +40,6 @@ func (m *memFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 	}
 	m.fdb = append(m.fdb, fdbEntry{Port: port, Master: br, MAC: mac, VLAN: vlan, State: nudReachable})
 	return nil
-}
-
-func (m *memFDB) remove(d fdbEntry) error {
-	for i, e := range m.fdb {
-		if e.Master == m.bridgeOf[d.Port] && e.Port == d.Port && e.MAC.String() == d.MAC.String() && e.VLAN == d.VLAN {
-			m.fdb = append(m.fdb[:i], m.fdb[i+1:]...)
-			return nil
-		}
-	}
-	return errors.New("no such entry")
 }
 
 func (m *memFDB) sorted() []fdbEntry {
@@ -77,14 +64,6 @@ var (
 // with uplink up1 (5).
 func newMemFDB(entries ...fdbEntry) *memFDB {
 	return &memFDB{
-		hostLinks: []Link{
-			{Name: "br0", Index: 1, MAC: brMAC},
-			{Name: "up0", Index: 2, MAC: mac("02:00:00:00:00:02")},
-			{Name: "vif1.0", Index: 3, MAC: mac("fe:ff:ff:ff:ff:ff")},
-			{Name: "br1", Index: 4, MAC: mac("02:00:00:00:00:04")},
-			{Name: "up1", Index: 5, MAC: mac("02:00:00:00:00:05")},
-			{Name: "lo", Index: 9},
-		},
 		fdb:      entries,
 		bridgeOf: map[int]int{1: 1, 2: 1, 3: 1, 4: 4, 5: 4},
 	}
@@ -148,7 +127,9 @@ func TestRepairVLANFiltering(t *testing.T) {
 	}
 }
 
-func TestRepairLeftoverVLANWithoutFiltering(t *testing.T) {
+// Without VLAN filtering the bridge forwards by the entry on no VLAN; one
+// left on a VLAN from when it filtered is never looked up, and stays.
+func TestRepairWithoutFilteringUsesNoVLAN(t *testing.T) {
 	m := newMemFDB(
 		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudReachable},
 		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, VLAN: 5, State: nudReachable},
@@ -156,14 +137,28 @@ func TestRepairLeftoverVLANWithoutFiltering(t *testing.T) {
 	if _, err := repairFDB(context.Background(), m, path0(false, 0), guestMAC); err != nil {
 		t.Fatal(err)
 	}
-	want := []fdbEntry{{Port: 3, Master: 1, MAC: guestMAC, State: nudReachable}}
+	want := []fdbEntry{
+		{Port: 3, Master: 1, MAC: guestMAC, State: nudReachable},
+		{Port: 2, Master: 1, MAC: guestMAC, VLAN: 5, State: nudReachable},
+	}
 	if got := m.sorted(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("FDB now %+v\nwant %+v", got, want)
 	}
 }
 
+// An entry already on the VM port is left as it is, static or not.
+func TestRepairEntryAlreadyOnPort(t *testing.T) {
+	m := newMemFDB(fdbEntry{Port: 3, Master: 1, MAC: guestMAC, State: nudNoARP})
+	changed, err := repairFDB(context.Background(), m, path0(false, 0), guestMAC)
+	if err != nil || changed || m.fdb[0].State != nudNoARP {
+		t.Fatalf("changed=%v err=%v fdb=%+v", changed, err, m.fdb)
+	}
+}
+
+// Local entries are the host's: the bridge's own address, its ports' and
+// any an operator pinned as permanent. Addresses of the host's other
+// interfaces are refused before planning (resolve.DropHostOwned).
 func TestRepairRefusesHostMAC(t *testing.T) {
-	local := fdbEntry{Port: 2, Master: 1, MAC: otherMAC, VLAN: 7, State: nudPermanent}
 	for name, tc := range map[string]struct {
 		mac  net.HardwareAddr
 		fdb  []fdbEntry
@@ -171,12 +166,13 @@ func TestRepairRefusesHostMAC(t *testing.T) {
 		msg  string
 	}{
 		"bridge's address": {brMAC, []fdbEntry{{Port: 1, Master: 1, MAC: brMAC, State: nudPermanent}}, path0(false, 0),
-			`MAC 02:00:00:00:00:01 belongs to the host: it is the address of interface "br0"`},
-		"other bridge's uplink": {mac("02:00:00:00:00:05"), nil, path0(false, 0),
-			`MAC 02:00:00:00:00:05 belongs to the host: it is the address of interface "up1"`},
-		// A local entry on any VLAN, even one the guest is not on.
-		"local entry": {otherMAC, []fdbEntry{local, {Port: 2, Master: 1, MAC: otherMAC, VLAN: 10, State: nudReachable}}, path0(true, 10),
-			`MAC 52:54:00:ab:cd:ef belongs to the host: it is a local entry of bridge "br0"`},
+			`MAC 02:00:00:00:00:01 belongs to the host: it is a local entry of bridge "br0"`},
+		"uplink's address": {otherMAC, []fdbEntry{{Port: 2, Master: 1, MAC: otherMAC, State: nudPermanent}}, path0(false, 0),
+			`MAC 52:54:00:ab:cd:ef belongs to the host: it is a local entry of bridge "br0" on port "up0"`},
+		"VM port's own address": {otherMAC, []fdbEntry{{Port: 3, Master: 1, MAC: otherMAC, State: nudPermanent}}, path0(false, 0),
+			`MAC 52:54:00:ab:cd:ef belongs to the host: it is a local entry of bridge "br0" on port "vif1.0"`},
+		"local entry on the guest's VLAN": {otherMAC, []fdbEntry{{Port: 2, Master: 1, MAC: otherMAC, VLAN: 10, State: nudPermanent}}, path0(true, 10),
+			`MAC 52:54:00:ab:cd:ef belongs to the host: it is a local entry of bridge "br0" on port "up0"`},
 	} {
 		m := newMemFDB(tc.fdb...)
 		before := m.sorted()

@@ -9,8 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
-	"time"
+	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -39,6 +38,16 @@ func dialRoute() (*netlink.Conn, error) {
 // RTM_GETLINK dump with RTEXT_FILTER_BRVLAN, the only place the kernel
 // publishes it. A port absent from the dump has no VLANs.
 func NetlinkVLANTable(ifindex int) ([]VLAN, error) {
+	all, err := NetlinkVLANTables()
+	if err != nil {
+		return nil, err
+	}
+	return all[ifindex], nil
+}
+
+// NetlinkVLANTables reads every bridge port's VLAN table, by ifindex, from
+// one AF_BRIDGE RTM_GETLINK dump with RTEXT_FILTER_BRVLAN.
+func NetlinkVLANTables() (map[int][]VLAN, error) {
 	c, err := dialRoute()
 	if err != nil {
 		return nil, err
@@ -57,24 +66,28 @@ func NetlinkVLANTable(ifindex int) ([]VLAN, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rtnetlink bridge VLAN dump: %v", err)
 	}
-	var out []VLAN
-	seen := map[uint16]bool{}
+	out := map[int][]VLAN{}
 	for _, m := range msgs {
 		idx, vlans, err := parseBridgeVLANs(m.Data)
 		if err != nil {
 			return nil, err
 		}
-		if idx != ifindex {
-			continue
-		}
 		for _, v := range vlans {
-			if !seen[v.ID] {
-				seen[v.ID] = true
-				out = append(out, v)
+			if !hasVLAN(out[idx], v.ID) {
+				out[idx] = append(out[idx], v)
 			}
 		}
 	}
 	return out, nil
+}
+
+func hasVLAN(vlans []VLAN, id uint16) bool {
+	for _, v := range vlans {
+		if v.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 func netlinkKind(ifindex int) (string, error) {
@@ -100,9 +113,7 @@ func netlinkKind(ifindex int) (string, error) {
 
 // nlFDB is fdbOps over one rtnetlink socket.
 type nlFDB struct {
-	c      *netlink.Conn
-	netns  uint64 // 0: unknown, nothing is cached
-	bridge int    // of the last entries call, for patching the cache
+	c *netlink.Conn
 }
 
 func dialFDB(ctx context.Context) (*nlFDB, error) {
@@ -116,76 +127,69 @@ func dialFDB(ctx context.Context) (*nlFDB, error) {
 			return nil, err
 		}
 	}
-	n := &nlFDB{c: c}
-	var st unix.Stat_t
-	if unix.Stat("/proc/thread-self/ns/net", &st) == nil {
-		n.netns = st.Ino
-	}
-	return n, nil
+	return &nlFDB{c: c}, nil
 }
 
 func (n *nlFDB) Close() error { return n.c.Close() }
 
-// fdbCache shares one forwarding-database dump between the repairs of a
-// wave of arrivals. The dump grows with every port of every bridge (a 200-vif
-// bridge has 600 entries) and was the costliest step of a repair: 200
-// guests arriving at once pushed the last first frames 500 ms late. Each
-// repair only looks at its own guest's MAC, and the cache is patched with
-// every change made through it, so what it can miss is an entry the kernel
-// learned in the last fdbCacheTTL: the same race a fresh dump has with
-// learning, stretched from a millisecond to fdbCacheTTL.
-var fdbCache struct {
-	sync.Mutex
-	netns uint64
-	at    time.Time
-	ents  []fdbEntry // every bridge's
-}
+// noFDBGet is set once the kernel has refused a single-entry FDB get:
+// kernels before 4.20 (XenServer 8's dom0 runs 4.19) have no
+// rtnl_fdb_get. What the kernel can do does not change while we run.
+var noFDBGet atomic.Bool
 
-const fdbCacheTTL = 100 * time.Millisecond
-
-func (n *nlFDB) entries(bridge int) ([]fdbEntry, error) {
-	n.bridge = bridge
-	fdbCache.Lock()
-	defer fdbCache.Unlock()
-	if n.netns == 0 || fdbCache.netns != n.netns || time.Since(fdbCache.at) >= fdbCacheTTL {
-		all, err := n.dumpFDB()
-		if err != nil {
-			return nil, err
+func (n *nlFDB) lookup(bridge int, mac net.HardwareAddr, vlan uint16) (fdbEntry, bool, error) {
+	if !noFDBGet.Load() {
+		e, found, err := n.get(bridge, mac, vlan)
+		if !errors.Is(err, unix.EOPNOTSUPP) {
+			return e, found, err
 		}
-		fdbCache.ents, fdbCache.at, fdbCache.netns = all, time.Now(), n.netns
+		noFDBGet.Store(true)
 	}
-	var out []fdbEntry
-	for _, e := range fdbCache.ents {
-		if e.Master == bridge {
-			out = append(out, e)
+	ents, err := n.dumpFDB()
+	if err != nil {
+		return fdbEntry{}, false, err
+	}
+	for _, e := range ents {
+		if e.Master == bridge && e.VLAN == vlan && bytes.Equal(e.MAC, mac) {
+			return e, true, nil
 		}
 	}
-	return out, nil
+	return fdbEntry{}, false, nil
 }
 
-// patchCache records a change made through n: the entries for mac on vlan
-// are replaced by e, or removed when e is nil.
-func (n *nlFDB) patchCache(mac net.HardwareAddr, vlan uint16, e *fdbEntry) {
-	fdbCache.Lock()
-	defer fdbCache.Unlock()
-	if n.netns == 0 || fdbCache.netns != n.netns {
-		return
+// get asks the bridge for its one entry for mac/vlan with a non-dump
+// RTM_GETNEIGH (rtnl_fdb_get, then br_fdb_get: the lookup the bridge's
+// forwarding does, costing the same whatever the size of the table).
+// ENOENT means no entry.
+func (n *nlFDB) get(bridge int, mac net.HardwareAddr, vlan uint16) (fdbEntry, bool, error) {
+	data, err := fdbGetRequest(bridge, mac, vlan)
+	if err != nil {
+		return fdbEntry{}, false, err
 	}
-	// In place: a wave patches once per guest, and copying the table each
-	// time cost more than the dump it saves.
-	ents := fdbCache.ents
-	for i := 0; i < len(ents); {
-		if ents[i].VLAN == vlan && bytes.Equal(ents[i].MAC, mac) {
-			ents[i] = ents[len(ents)-1]
-			ents = ents[:len(ents)-1]
+	msgs, err := n.c.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETNEIGH, Flags: netlink.Request},
+		Data:   data,
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return fdbEntry{}, false, nil
+	}
+	if err != nil {
+		return fdbEntry{}, false, fmt.Errorf("rtnetlink FDB get: %w", netErr(err))
+	}
+	for _, m := range msgs {
+		if m.Header.Type != unix.RTM_NEWNEIGH {
 			continue
 		}
-		i++
+		e, err := parseFDB(m.Data)
+		if err != nil {
+			return fdbEntry{}, false, err
+		}
+		if e.Master == 0 {
+			e.Master = bridge
+		}
+		return e, true, nil
 	}
-	if e != nil {
-		ents = append(ents, *e)
-	}
-	fdbCache.ents = ents
+	return fdbEntry{}, false, fmt.Errorf("rtnetlink FDB get: no entry in the kernel's reply")
 }
 
 func (n *nlFDB) dumpFDB() ([]fdbEntry, error) {
@@ -209,62 +213,6 @@ func (n *nlFDB) dumpFDB() ([]fdbEntry, error) {
 	return out, nil
 }
 
-// linkCache shares one link dump between the repairs of a wave of arrivals.
-// The dump is the costliest step of a repair: a host receiving 200 guests
-// at once listed every one of its 400 links 200 times, and the last guests'
-// first frames left most of a second late. Interface addresses change by
-// operator action, not within a second. Keyed by network namespace, since
-// tests repair in several from one process.
-var linkCache struct {
-	sync.Mutex
-	netns uint64
-	at    time.Time
-	links []Link
-}
-
-const linkCacheTTL = time.Second
-
-func (n *nlFDB) links() ([]Link, error) {
-	var st unix.Stat_t
-	cacheable := unix.Stat("/proc/thread-self/ns/net", &st) == nil
-	linkCache.Lock()
-	defer linkCache.Unlock()
-	if cacheable && linkCache.netns == st.Ino && time.Since(linkCache.at) < linkCacheTTL {
-		return linkCache.links, nil
-	}
-	links, err := n.dumpLinks()
-	if err == nil && cacheable {
-		linkCache.netns, linkCache.at, linkCache.links = st.Ino, time.Now(), links
-	}
-	return links, err
-}
-
-func (n *nlFDB) dumpLinks() ([]Link, error) {
-	// Statistics are most of each message.
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)
-	attrs, err := ae.Encode()
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := n.c.Execute(netlink.Message{
-		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request | netlink.Dump},
-		Data:   append(ifinfomsg(unix.AF_UNSPEC, 0), attrs...),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rtnetlink link dump: %v", netErr(err))
-	}
-	var out []Link
-	for _, m := range msgs {
-		idx, name, mac, _, err := parseLink(m.Data)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, Link{Name: name, Index: idx, MAC: mac})
-	}
-	return out, nil
-}
-
 func (n *nlFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 	data, err := fdbRequest(port, mac, vlan, unix.NUD_REACHABLE)
 	if err != nil {
@@ -277,38 +225,7 @@ func (n *nlFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 		},
 		Data: data,
 	})
-	if err != nil {
-		n.dropCache()
-		return netErr(err)
-	}
-	n.patchCache(mac, vlan, &fdbEntry{Port: port, Master: n.bridge, MAC: mac, VLAN: vlan, State: unix.NUD_REACHABLE, Flags: unix.NTF_MASTER})
-	return nil
-}
-
-func (n *nlFDB) remove(e fdbEntry) error {
-	data, err := fdbRequest(e.Port, e.MAC, e.VLAN, 0)
-	if err != nil {
-		return err
-	}
-	_, err = n.c.Execute(netlink.Message{
-		Header: netlink.Header{Type: unix.RTM_DELNEIGH, Flags: netlink.Request | netlink.Acknowledge},
-		Data:   data,
-	})
-	if errors.Is(err, unix.ENOENT) {
-		err = nil // aged out meanwhile
-	}
-	if err != nil {
-		n.dropCache()
-		return netErr(err)
-	}
-	n.patchCache(e.MAC, e.VLAN, nil)
-	return nil
-}
-
-func (n *nlFDB) dropCache() {
-	fdbCache.Lock()
-	fdbCache.at = time.Time{}
-	fdbCache.Unlock()
+	return netErr(err)
 }
 
 // netErr turns a timeout into one that says the deadline passed.

@@ -16,11 +16,9 @@ func NewHost(sysRoot string) Host { return &SysfsHost{Root: sysRoot} }
 
 type noFDB struct{}
 
-func dialFDB(context.Context) (*noFDB, error)  { return nil, errNotLinux }
-func (*noFDB) Close() error                    { return nil }
-func (*noFDB) entries(int) ([]fdbEntry, error) { return nil, errNotLinux }
-func (*noFDB) links() ([]Link, error)          { return nil, errNotLinux }
-func (*noFDB) move(int, net.HardwareAddr, uint16) error {
-	return errNotLinux
+func dialFDB(context.Context) (*noFDB, error) { return nil, errNotLinux }
+func (*noFDB) Close() error                   { return nil }
+func (*noFDB) lookup(int, net.HardwareAddr, uint16) (fdbEntry, bool, error) {
+	return fdbEntry{}, false, errNotLinux
 }
-func (*noFDB) remove(fdbEntry) error { return errNotLinux }
+func (*noFDB) move(int, net.HardwareAddr, uint16) error { return errNotLinux }

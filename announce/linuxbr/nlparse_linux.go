@@ -172,3 +172,24 @@ func fdbRequest(port int, mac net.HardwareAddr, vlan uint16, state uint16) ([]by
 	}
 	return append(b, a...), nil
 }
+
+// fdbGetRequest encodes the ndmsg and attributes of a non-dump RTM_GETNEIGH
+// asking bridge for its entry mac/vlan. rtnl_fdb_get validates strictly:
+// ndm_ifindex, state, type and padding zero (a port index and NDA_MASTER
+// exclude each other), flags only NTF_MASTER/NTF_SELF.
+func fdbGetRequest(bridge int, mac net.HardwareAddr, vlan uint16) ([]byte, error) {
+	b := make([]byte, unix.SizeofNdMsg)
+	b[0] = unix.AF_BRIDGE
+	b[10] = unix.NTF_MASTER
+	ae := netlink.NewAttributeEncoder()
+	ae.Bytes(unix.NDA_LLADDR, mac)
+	ae.Uint32(unix.NDA_MASTER, uint32(bridge))
+	if vlan != 0 {
+		ae.Uint16(unix.NDA_VLAN, vlan)
+	}
+	a, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	return append(b, a...), nil
+}

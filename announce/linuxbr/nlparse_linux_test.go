@@ -132,3 +132,24 @@ func TestFDBRequestLayout(t *testing.T) {
 		t.Fatalf("vlan 0 must send no NDA_VLAN: %x", b)
 	}
 }
+
+// The FDB get must pass rtnl_fdb_get's strict checks: only the family and
+// NTF_MASTER set in the ndmsg, the bridge as NDA_MASTER, NDA_VLAN only when
+// looking up a VLAN.
+func TestFDBGetRequestLayout(t *testing.T) {
+	m := mac("52:54:00:12:34:56")
+	b, err := fdbGetRequest(4, m, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ndm := []byte{unix.AF_BRIDGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, unix.NTF_MASTER, 0}
+	want := bytes.Join([][]byte{ndm, nla(unix.NDA_LLADDR, m), nla(unix.NDA_MASTER, u32(4)), nla(unix.NDA_VLAN, u16(10))}, nil)
+	if !bytes.Equal(b, want) {
+		t.Fatalf("request\n%x\nwant\n%x", b, want)
+	}
+	b, _ = fdbGetRequest(4, m, 0)
+	want = bytes.Join([][]byte{ndm, nla(unix.NDA_LLADDR, m), nla(unix.NDA_MASTER, u32(4))}, nil)
+	if !bytes.Equal(b, want) {
+		t.Fatalf("vlan 0 request\n%x\nwant\n%x", b, want)
+	}
+}

@@ -4,6 +4,7 @@ package resolve_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -25,6 +26,7 @@ ip link set vnet0 up
 ip addr add 192.0.2.10/24 dev uplink0
 ip addr add 2001:db8::10/64 dev uplink0 nodad
 ip addr add 198.51.100.1/32 dev vnet0
+ip addr add 203.0.113.1 peer 203.0.113.2 dev uplink0
 `); err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +56,23 @@ ip addr add 198.51.100.1/32 dev vnet0
 		if !has[want] {
 			t.Errorf("host-owned %s missing from %v %v", want, macs, ips)
 		}
+	}
+	if has["203.0.113.2"] {
+		t.Error("a point-to-point peer's address listed as the host's")
+	}
+	if !has["203.0.113.1"] {
+		t.Error("the local end of a point-to-point address is missing")
+	}
+	// The address-only dump the daemon uses lists the same addresses.
+	var only []netip.Addr
+	if err := ns.Do(func() (err error) {
+		only, err = resolve.SystemHostIPs(context.Background())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(only) != fmt.Sprint(ips) {
+		t.Errorf("SystemHostIPs = %v, Owned listed %v", only, ips)
 	}
 	if has["fe:54:00:00:00:02"] {
 		t.Error("VM port vnet0's MAC listed as the host's")

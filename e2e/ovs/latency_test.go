@@ -138,7 +138,8 @@ func writeDoc(path string, reps int, wire, ovsdb summary) error {
 	fmt.Fprintf(&sb, "| carrier → OVSDB reports `link_state=up` to the daemon | %s | %s | %s | %s |\n\n", ms(ovsdb.p50), ms(ovsdb.p90), ms(ovsdb.p99), ms(ovsdb.max))
 	sb.WriteString("The second row is why the daemon takes an OVS port's carrier and admin state from netlink when the port " +
 		"has a kernel netdev: OVS copies `link_state` from the same kernel flag, but only after its main loop runs and an " +
-		"OVSDB transaction completes, which costs a lost ping at 10 ms. Bridge, VLAN, ofport and attached-mac still come " +
+		"OVSDB transaction completes; in the lab's OVS migration (`selfannounce-lab --ovs`) waiting for it " +
+		"cost a second lost ping at 10 ms. Bridge, VLAN, ofport and attached-mac still come " +
 		"from OVSDB; ports without a netdev (DPDK) fall back to `link_state`. The OpenFlow session to each bridge is opened " +
 		"when its first VM port appears, so no handshake delays a burst.\n")
 	sb.WriteString(docEnd + "\n")

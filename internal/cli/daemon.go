@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce/metrics"
 	"github.com/selfannounce/selfannounce/announce/netwatch"
 	"github.com/selfannounce/selfannounce/announce/plan"
+	"github.com/selfannounce/selfannounce/announce/resolve"
 	"github.com/selfannounce/selfannounce/announce/send"
 )
 
@@ -112,7 +112,6 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	engine := burst.New(cfg.Rate, m)
 	defer engine.Close()
 
-	owned := &hostOwnedCache{ttl: time.Second}
 	res := &reloadable{}
 	res.set(cfg)
 	defer res.close()
@@ -128,9 +127,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 			}
 			return g, ok, nil
 		},
-		HostOwned: func(ctx context.Context) ([]netHW, []netIP, error) {
-			return owned.get(ctx, dm0(res))
-		},
+		HostIPs:      resolve.SystemHostIPs,
 		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },
 	})
 	defer dm.Close()
@@ -210,34 +207,6 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 }
 
-// hostOwnedCache keeps the host's own addresses for a moment. Listing them
-// dumps every link and address; a wave of arrivals (a host evacuated onto
-// this one) would do that once per guest, and with hundreds of vifs that
-// alone pushed the last guests' first frames seconds late. Host addresses
-// change by operator action, not within the second a wave lasts.
-type hostOwnedCache struct {
-	mu   sync.Mutex
-	ttl  time.Duration
-	cfg  *config.Config
-	at   time.Time
-	macs []netHW
-	ips  []netIP
-}
-
-func (c *hostOwnedCache) get(ctx context.Context, cfg *config.Config) ([]netHW, []netIP, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cfg == cfg && time.Since(c.at) < c.ttl {
-		return c.macs, c.ips, nil
-	}
-	macs, ips, err := hostOwned(cfg.VMPorts)(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	c.cfg, c.at, c.macs, c.ips = cfg, time.Now(), macs, ips
-	return macs, ips, nil
-}
-
 // linuxPlanner plans with the config in force.
 type linuxPlanner struct {
 	cfg    *reloadable
@@ -247,5 +216,14 @@ type linuxPlanner struct {
 
 func (l *linuxPlanner) Plan(port string, g announce.Guest) (*plan.Plan, error) {
 	lp := plan.Linux{Host: l.host, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts}
+	return lp.Plan(port, g)
+}
+
+// PlanLinks resolves the path from the daemon's link table: no sysfs walk on
+// the arrival's critical path, only the bridge's vlan_filtering file, and the
+// VLAN table when the bridge filters.
+func (l *linuxPlanner) PlanLinks(links []linuxbr.TableLink, port string, g announce.Guest) (*plan.Plan, error) {
+	h := &linuxbr.TableHost{Links: links, Filtering: linuxbr.SysfsVLANFiltering("/sys"), VLANTables: linuxbr.NetlinkVLANTables}
+	lp := plan.Linux{Host: h, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts}
 	return lp.Plan(port, g)
 }

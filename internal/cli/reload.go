@@ -2,19 +2,12 @@ package cli
 
 import (
 	"context"
-	"net"
-	"net/netip"
 	"sync"
 
 	"go.uber.org/zap"
 
 	"github.com/selfannounce/selfannounce/announce/config"
 	"github.com/selfannounce/selfannounce/announce/daemon"
-)
-
-type (
-	netHW = net.HardwareAddr
-	netIP = netip.Addr
 )
 
 // reloadable holds the config and the resolvers built from it, swapped
@@ -53,8 +46,6 @@ func (r *reloadable) close() {
 		r.r.close()
 	}
 }
-
-func dm0(r *reloadable) *config.Config { return r.cfg() }
 
 // startOptional starts the watchers that depend on what this host runs
 // (libvirt events, Open vSwitch); each logs and carries on when absent.

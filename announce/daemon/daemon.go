@@ -417,3 +417,11 @@ func LinuxReady(cfg *config.Config, links map[int]netwatch.Link, l netwatch.Link
 	dm := Daemon{cfg: cfg, links: links}
 	return dm.linuxReady(l)
 }
+
+// OVSWaitReady is the readiness rule for an Open vSwitch port, for the
+// one-shot's --wait-ready: an OpenFlow number on a watched bridge, and up
+// with carrier (from netlink when the port has a netdev, as in the daemon).
+func OVSWaitReady(cfg *config.Config, links map[int]netwatch.Link, op ovs.Port) bool {
+	dm := Daemon{cfg: cfg, links: links}
+	return dm.ovsReady(op)
+}

@@ -296,7 +296,6 @@ type harness struct {
 	mu     sync.Mutex
 	guests map[string]announce.Guest // by port name
 	resErr error
-	hostMA []net.HardwareAddr
 	hostIP []netip.Addr
 	hostEr error
 	t0     time.Time
@@ -337,10 +336,10 @@ func newHarness(t *testing.T, mutate func(c *config.Config)) *harness {
 			g, ok := h.guests[port]
 			return g, ok, h.resErr
 		},
-		HostOwned: func(context.Context) ([]net.HardwareAddr, []netip.Addr, error) {
+		HostIPs: func(context.Context) ([]netip.Addr, error) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
-			return h.hostMA, h.hostIP, h.hostEr
+			return h.hostIP, h.hostEr
 		},
 		ListenFrames: h.ls.listen,
 		Now:          h.clk.now,
@@ -867,24 +866,50 @@ func TestSameMACOnTwoPortsOneBurst(t *testing.T) {
 	}
 }
 
+// hostNIC is a link of the host itself, on no bridge.
+func hostNIC(index int, name, mac string) netwatch.Link {
+	return netwatch.Link{Index: index, Name: name, MAC: mustMAC(mac), AdminUp: true, OperUp: true, STP: netwatch.STPUnknown}
+}
+
 func TestHostOwnedNeverAnnounced(t *testing.T) {
 	t.Run("host MAC", func(t *testing.T) {
 		h := newHarness(t, nil)
 		vif := ready(10, "vif5.0")
 		h.guest("vif5.0", macA)
-		h.hostMA = []net.HardwareAddr{mustMAC(macA)}
-		h.start(down(vif))
+		h.start(down(vif), hostNIC(30, "eth9", macA))
 		h.link(vif)
 		h.wantSilence()
 	})
 	t.Run("host MAC as frame source", func(t *testing.T) {
 		h := newHarness(t, nil)
 		tap := ready(20, "vnet3")
-		h.hostMA = []net.HardwareAddr{mustMAC(macB)}
-		h.start(down(tap))
+		h.start(down(tap), hostNIC(30, "eth9", macB))
 		h.link(tap)
 		h.fire(tap, macB)
 		h.wantSilence()
+	})
+	// The host's MACs are the links' as the latest events describe them:
+	// an interface given the guest's MAC after start-up owns it.
+	t.Run("host MAC set after start", func(t *testing.T) {
+		h := newHarness(t, nil)
+		vif := ready(10, "vif5.0")
+		h.guest("vif5.0", macA)
+		h.start(down(vif), hostNIC(30, "eth9", macB))
+		h.link(hostNIC(30, "eth9", macA))
+		h.link(vif)
+		h.wantSilence()
+	})
+	// A VM port's MAC stands for its guest (libvirt derives the tap's from
+	// the guest's), not for the host.
+	t.Run("VM port's MAC is not the host's", func(t *testing.T) {
+		h := newHarness(t, nil)
+		vif := ready(10, "vif5.0")
+		h.guest("vif5.0", macA)
+		other := down(ready(11, "vnet9"))
+		other.MAC = mustMAC(macA)
+		h.start(down(vif), other)
+		h.link(vif)
+		h.wantBursts(macA, 1)
 	})
 	t.Run("host addresses dropped", func(t *testing.T) {
 		h := newHarness(t, nil)
@@ -908,7 +933,7 @@ func TestHostOwnedNeverAnnounced(t *testing.T) {
 	t.Run("host addresses unknown", func(t *testing.T) {
 		h := newHarness(t, nil)
 		vif := ready(10, "vif5.0")
-		h.guest("vif5.0", macA)
+		h.guest("vif5.0", macA, "192.0.2.10")
 		h.hostEr = errors.New("netlink: permission denied")
 		h.start(down(vif))
 		h.link(vif)

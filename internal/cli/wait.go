@@ -11,6 +11,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce/daemon"
 	"github.com/selfannounce/selfannounce/announce/guestframe"
 	"github.com/selfannounce/selfannounce/announce/netwatch"
+	"github.com/selfannounce/selfannounce/announce/ovs"
 )
 
 // waitReady waits, event-driven, until in every group one port is ready by
@@ -39,6 +40,23 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups 
 	for _, p := range ports {
 		want[p] = true
 	}
+	// OVS ports are ready by OVS's rule; their OpenFlow numbers come from
+	// one OVSDB read (a port that gets one later is found at its next link
+	// event by re-reading).
+	ovsPorts := map[string]ovs.Port{}
+	readOVS := func() {
+		if cfg.OVSDB == "off" {
+			return
+		}
+		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+		defer scancel()
+		if ps, err := ovs.Snapshot(sctx, cfg.OVSDB); err == nil {
+			for _, p := range ps {
+				ovsPorts[p.Name] = p
+			}
+		}
+	}
+	readOVS()
 	links := map[int]netwatch.Link{}
 	ready := map[string]bool{}
 	framed := map[string]bool{}
@@ -94,9 +112,17 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups 
 		if want[l.Name] {
 			listen(l)
 		}
+		if want[l.Name] {
+			// Not a Linux-bridge port, and OVS has not numbered it yet.
+			m, hasMaster := links[l.Master]
+			if op, ok := ovsPorts[l.Name]; (!ok || op.OFPort <= 0) && (l.Master == 0 || (hasMaster && m.Kind == "openvswitch")) {
+				readOVS()
+			}
+		}
 		for _, o := range links {
 			if want[o.Name] {
-				ready[o.Name] = daemon.LinuxReady(cfg, links, o)
+				op, isOVS := ovsPorts[o.Name]
+				ready[o.Name] = daemon.LinuxReady(cfg, links, o) || (isOVS && daemon.OVSWaitReady(cfg, links, op))
 			}
 		}
 	}

@@ -23,9 +23,13 @@ func Skip(t testing.TB, reason string) {
 	t.Skip(reason)
 }
 
-// RequireRoot skips t unless it runs as root.
+// RequireRoot skips t unless it runs as root. In -short mode (the unit
+// pass CI runs under the race detector) end-to-end tests always skip.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped in -short mode")
+	}
 	if os.Geteuid() != 0 {
 		Skip(t, "end-to-end test needs root")
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/selfannounce/selfannounce/announce/linuxbr"
+	"github.com/selfannounce/selfannounce/announce/netwatch"
 	"github.com/selfannounce/selfannounce/announce/resolve"
 )
 
@@ -36,6 +37,10 @@ func probeSteps(port string, mac net.HardwareAddr, reps int) ([]stepCost, error)
 	if err != nil {
 		return nil, err
 	}
+	links, err := watchedLinks()
+	if err != nil {
+		return nil, err
+	}
 	var p *linuxbr.Path
 	steps := []struct {
 		name string
@@ -45,9 +50,15 @@ func probeSteps(port string, mac net.HardwareAddr, reps int) ([]stepCost, error)
 		{"net.InterfaceAddrs (address dump)", func() error { _, err := net.InterfaceAddrs(); return err }},
 		{"rtnetlink link dump with statistics (what net.Interfaces asks for)", func() error { return linkDump(false) }},
 		{"rtnetlink link dump, RTEXT_FILTER_SKIP_STATS", func() error { return linkDump(true) }},
-		{"host-owned MACs and addresses (resolve.SystemHostAddrs.Owned; the daemon caches it for 1 s)", func() error { _, _, err := h.Owned(context.Background()); return err }},
-		{"bridge path (linuxbr.Resolve via sysfs)", func() (err error) { p, err = linuxbr.Resolve(host, port, nil); return err }},
-		{"FDB repair (linuxbr.RepairFDB; its link and FDB dumps are cached)", func() error {
+		{"host-owned MACs and addresses (resolve.SystemHostAddrs.Owned: link and address dumps; the one-shot's)", func() error { _, _, err := h.Owned(context.Background()); return err }},
+		{"host addresses (resolve.SystemHostIPs: address dump only; the daemon's, which takes MACs from its link table)", func() error { _, err := resolve.SystemHostIPs(context.Background()); return err }},
+		{"bridge path (linuxbr.Resolve via sysfs; the one-shot's)", func() (err error) { p, err = linuxbr.Resolve(host, port, nil); return err }},
+		{"bridge path (linuxbr.Resolve over the daemon's link table, sysfs vlan_filtering)", func() (err error) {
+			th := &linuxbr.TableHost{Links: bridgeTable(links, port), Filtering: linuxbr.SysfsVLANFiltering("/sys"), VLANTables: linuxbr.NetlinkVLANTables}
+			p, err = linuxbr.Resolve(th, port, nil)
+			return err
+		}},
+		{"FDB repair (linuxbr.RepairFDB: one FDB entry get)", func() error {
 			_, err := linuxbr.RepairFDB(context.Background(), p, mac)
 			return err
 		}},
@@ -64,6 +75,44 @@ func probeSteps(port string, mac net.HardwareAddr, reps int) ([]stepCost, error)
 		out = append(out, stepCost{s.name, time.Since(t0) / time.Duration(reps)})
 	}
 	return out, nil
+}
+
+// watchedLinks is the link table the daemon starts from.
+func watchedLinks() ([]netwatch.Link, error) {
+	w, err := netwatch.New()
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan []netwatch.Link, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx, func(l []netwatch.Link) { got <- l }, func(netwatch.Event) {}) }()
+	select {
+	case l := <-got:
+		return l, nil
+	case err := <-errc:
+		return nil, err
+	}
+}
+
+// bridgeTable is what the daemon hands its planner: the port, its bridge
+// and the bridge's other ports.
+func bridgeTable(links []netwatch.Link, port string) []linuxbr.TableLink {
+	master := 0
+	for _, l := range links {
+		if l.Name == port {
+			master = l.Master
+		}
+	}
+	var out []linuxbr.TableLink
+	for _, l := range links {
+		if l.Name == port || (master != 0 && (l.Index == master || l.Master == master)) {
+			out = append(out, linuxbr.TableLink{Link: linuxbr.Link{Name: l.Name, Index: l.Index, MAC: l.MAC}, Kind: l.Kind, Master: l.Master})
+		}
+	}
+	return out
 }
 
 func linkDump(skipStats bool) error {

@@ -267,10 +267,14 @@ func (o *oneShot) waitTargets(ctx context.Context, log *zap.Logger, cfg *config.
 	}
 	for i, g := range groups {
 		if !done[i] {
+			why := ""
 			for _, p := range g {
 				log.Error("port not ready, not announced", zap.String("port", p), zap.Error(errs[p]))
+				if why == "" && errs[p] != nil {
+					why = errs[p].Error()
+				}
 			}
-			failed = append(failed, strings.Join(g, "/"))
+			failed = append(failed, fmt.Sprintf("%s (%s)", strings.Join(g, "/"), why))
 		}
 	}
 	return keep, failed

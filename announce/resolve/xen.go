@@ -257,7 +257,7 @@ func XenDomainPorts(ctx context.Context, c XenstoreReader, domid int) ([]XenVif,
 // the UUID, the newer (higher domid) is the one arriving.
 func XenDomidByUUID(ctx context.Context, c XenstoreReader, uuid string) (int, error) {
 	u := strings.ToLower(strings.TrimSpace(uuid))
-	if !validUUID(u) {
+	if !ValidUUID(u) {
 		return 0, fmt.Errorf("malformed VM UUID %q", uuid)
 	}
 	names, err := c.Directory(ctx, "/local/domain")
@@ -310,11 +310,13 @@ func domainHasUUID(ctx context.Context, c XenstoreReader, domid int, u string) (
 	return false, nil
 }
 
-func validUUID(u string) bool {
+// ValidUUID accepts the 8-4-4-4-12 hex form XAPI and xl print, in either
+// case.
+func ValidUUID(u string) bool {
 	if len(u) != 36 {
 		return false
 	}
-	for i, c := range u {
+	for i, c := range strings.ToLower(u) {
 		switch i {
 		case 8, 13, 18, 23:
 			if c != '-' {

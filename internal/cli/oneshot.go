@@ -95,7 +95,7 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 	case cmd.Flags().Changed("domid") && (o.domid <= 0 || o.domid > xenDomidMax):
 		// Checked first: a negative id would otherwise read as "not given".
 		return usageErr("malformed --domid %d: a guest's domain id is 1..%d", o.domid, xenDomidMax)
-	case o.vmUUID != "" && !validVMUUID(o.vmUUID):
+	case o.vmUUID != "" && !resolve.ValidUUID(o.vmUUID):
 		return usageErr("malformed --vm-uuid %q", o.vmUUID)
 	case selectors == 0:
 		return usageErr("nothing to announce: give --vif, --domid, --vm-uuid or --domain")

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/selfannounce/selfannounce/announce"
 	"github.com/selfannounce/selfannounce/announce/config"
@@ -92,26 +91,6 @@ func (o *oneShot) onePerMAC(ts []target) []target {
 // (0x7ff0) on, ids are Xen's own.
 const xenDomidMax = 0x7fef
 
-// validVMUUID accepts the 8-4-4-4-12 hex form XAPI and xl print, in either
-// case, so a typo is a usage error rather than an unknown VM.
-func validVMUUID(u string) bool {
-	if len(u) != 36 {
-		return false
-	}
-	for i, c := range strings.ToLower(u) {
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-				return false
-			}
-		}
-	}
-	return true
-}
 
 func xenErr(err error) error {
 	if errors.Is(err, resolve.ErrUnknownDomain) {

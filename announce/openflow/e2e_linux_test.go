@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/selfannounce/selfannounce/announce/openflow"
 	"github.com/selfannounce/selfannounce/internal/netlab"
 	"github.com/selfannounce/selfannounce/internal/ovstest"
 	"github.com/selfannounce/selfannounce/internal/testenv"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 var guestMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0xaa, 0xbb, 0x05}
@@ -74,96 +73,28 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-type rx struct {
-	frame []byte // without any 802.1Q tag
-	vlan  int    // -1 when untagged
-	aux   bool   // the tag came from PACKET_AUXDATA, not the frame bytes
-}
+// capture records the frames a link receives (not those its namespace
+// sends).
+type capture struct{ *wiretest.Capture }
 
-// capture is a packet socket on one link, reading VLAN tags from
-// PACKET_AUXDATA because the kernel strips them on receive.
-type capture struct{ fd int }
-
-func openCapture(t *testing.T, ns *netlab.NS, ifname string) *capture {
+func openCapture(t *testing.T, ns *netlab.NS, ifname string) capture {
 	t.Helper()
-	proto := int(htons(unix.ETH_P_ALL))
-	c := &capture{fd: -1}
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
-	})
-	if c.fd >= 0 {
-		t.Cleanup(func() { unix.Close(c.fd) })
-	}
-	if err != nil {
-		t.Fatalf("capture on %s: %v", ifname, err)
-	}
-	return c
+	return capture{wiretest.Start(t, ns, ifname, wiretest.In)}
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-// find returns the first received frame (not one sent by this host) that
-// match accepts, or false at the deadline.
-func (c *capture) find(t *testing.T, d time.Duration, match func(rx) bool) (rx, bool) {
+// find returns the first received frame that match accepts, or false at
+// the deadline.
+func (c capture) find(t *testing.T, d time.Duration, match func(wiretest.Frame) bool) (wiretest.Frame, bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	buf := make([]byte, 65536)
-	oob := make([]byte, 256)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return rx{}, false
-		}
-		tv := unix.NsecToTimeval(left.Nanoseconds())
-		unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
-			}
-			t.Fatalf("recvmsg: %v", err)
-		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-			continue
-		}
-		r := rx{frame: append([]byte(nil), buf[:n]...), vlan: -1}
-		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
-		for _, m := range msgs {
-			if m.Header.Level == unix.SOL_PACKET && m.Header.Type == unix.PACKET_AUXDATA && len(m.Data) >= 20 {
-				status := binary.NativeEndian.Uint32(m.Data[0:])
-				tci := binary.NativeEndian.Uint16(m.Data[16:])
-				if status&unix.TP_STATUS_VLAN_VALID != 0 {
-					r.vlan, r.aux = int(tci&0xfff), true
-				}
-			}
-		}
-		// A tag left in the data (no offload on this path) counts too.
-		if r.vlan < 0 && len(r.frame) >= 18 && binary.BigEndian.Uint16(r.frame[12:]) == 0x8100 {
-			r.vlan = int(binary.BigEndian.Uint16(r.frame[14:]) & 0xfff)
-			r.frame = append(r.frame[:12:12], r.frame[16:]...)
-		}
-		if match(r) {
-			return r, true
-		}
+	if fs := c.WaitFor(d, 1, match); len(fs) > 0 {
+		return fs[0], true
 	}
+	return wiretest.Frame{}, false
 }
 
-func isRARPFrom(mac net.HardwareAddr) func(rx) bool {
-	return func(r rx) bool {
-		return len(r.frame) >= 14 && binary.BigEndian.Uint16(r.frame[12:]) == 0x8035 &&
-			bytes.Equal(r.frame[6:12], mac)
+func isRARPFrom(mac net.HardwareAddr) func(wiretest.Frame) bool {
+	return func(r wiretest.Frame) bool {
+		return r.EtherType() == 0x8035 && bytes.Equal(r.Src(), mac)
 	}
 }
 
@@ -224,15 +155,15 @@ func TestPacketOutNormal(t *testing.T) {
 			if !ok {
 				t.Fatal("no RARP from the guest MAC on the trunk")
 			}
-			if got.vlan != 5 {
-				t.Fatalf("RARP left the trunk with VLAN %d, want 5", got.vlan)
+			if got.VLAN != 5 {
+				t.Fatalf("RARP left the trunk with VLAN %d, want 5", got.VLAN)
 			}
-			t.Logf("VLAN tag read from auxdata: %v", got.aux)
-			if !bytes.Equal(got.frame, want) {
-				t.Fatalf("frame changed on the way:\n got %x\nwant %x", got.frame, want)
+			t.Logf("VLAN tag read from auxdata: %v", got.TagFromAux)
+			if !bytes.Equal(got.Untagged(), want) {
+				t.Fatalf("frame changed on the way:\n got %x\nwant %x", got.Untagged(), want)
 			}
 			if r, ok := guest.find(t, 300*time.Millisecond, isRARPFrom(guestMAC)); ok {
-				t.Fatalf("guest heard its own announcement: %x", r.frame)
+				t.Fatalf("guest heard its own announcement: %x", r.Untagged())
 			}
 			fdb := l.ovs.Appctl(t, "fdb/show", "br0")
 			if !fdbHas(fdb, l.vifOFPort, 5, guestMAC) {
@@ -260,8 +191,8 @@ func TestPacketOutResubmit(t *testing.T) {
 	if !ok {
 		t.Fatal("no RARP on the trunk after resubmit to table 1")
 	}
-	if got.vlan != 7 {
-		t.Fatalf("VLAN %d: the frame did not go through table 1's flow (want 7)", got.vlan)
+	if got.VLAN != 7 {
+		t.Fatalf("VLAN %d: the frame did not go through table 1's flow (want 7)", got.VLAN)
 	}
 	// Table 1 matched in_port, so the packet-out's in_port survived the resubmit.
 	if fdb := l.ovs.Appctl(t, "fdb/show", "br0"); fdbHas(fdb, l.vifOFPort, 5, guestMAC) {

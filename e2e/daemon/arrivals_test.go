@@ -148,10 +148,14 @@ func TestTwoHundredArrivals(t *testing.T) {
 		if k := kinds(fs); k[kindRARP] != 5 || k[kindGARP] != 5 {
 			t.Errorf("%s (%s): frames %v, want one full burst (5 RARP, 5 GARP)", vif, mac, k)
 		}
-		if fs[0].At.Before(up) {
-			t.Errorf("%s: first frame %v before its carrier", vif, up.Sub(fs[0].At))
+		if fs[0].At.Before(t0) {
+			t.Errorf("%s: first frame %v before the carriers were raised", vif, t0.Sub(fs[0].At))
 		}
-		lats = append(lats, fs[0].At.Sub(up))
+		// Netlink carries no receive timestamp: the watcher stamps a
+		// notification when it reads it, and with 200 queued it can read
+		// one after the daemon, woken by the same notification, has
+		// already answered. Such an arrival took no measurable time.
+		lats = append(lats, max(fs[0].At.Sub(up), 0))
 	}
 	if len(lats) == 0 {
 		t.Fatal("no latencies")

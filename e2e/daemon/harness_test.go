@@ -6,18 +6,13 @@
 package daemon_test
 
 import (
-	"bufio"
 	"encoding/binary"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,8 +23,10 @@ import (
 
 	"github.com/selfannounce/selfannounce/internal/lab"
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/proctest"
 	"github.com/selfannounce/selfannounce/internal/testbin"
 	"github.com/selfannounce/selfannounce/internal/testenv"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // metricsAddr is private to each namespace, so every daemon can use it.
@@ -68,34 +65,11 @@ func writeConfig(t *testing.T, body string) string {
 	return f
 }
 
-// logLine is one JSON log entry of the daemon.
-type logLine struct {
-	At     time.Time
-	Msg    string
-	Level  string
-	Fields map[string]any
-	Raw    string
-}
-
-func (l logLine) str(k string) string {
-	s, _ := l.Fields[k].(string)
-	return s
-}
-
-func (l logLine) num(k string) float64 {
-	f, _ := l.Fields[k].(float64)
-	return f
-}
-
 // daemonProc is a running `announce daemon` inside a namespace.
 type daemonProc struct {
-	t      *testing.T
-	ns     *netlab.NS
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	lines  []logLine
-	exited chan struct{}
-	err    error
+	*proctest.Proc
+	t  *testing.T
+	ns *netlab.NS
 }
 
 // startDaemon runs the daemon in ns with JSON logs at debug level and
@@ -103,172 +77,53 @@ type daemonProc struct {
 func startDaemon(t *testing.T, bin string, ns *netlab.NS, config string, extra ...string) *daemonProc {
 	t.Helper()
 	args := append([]string{"daemon", "--config", config, "--log-format", "json", "--log-level", "debug", "--metrics-listen", metricsAddr}, extra...)
-	d := &daemonProc{t: t, ns: ns, cmd: ns.Cmd(bin, args...), exited: make(chan struct{})}
-	stderr, err := d.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd.Stdout = io.Discard
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<16), 1<<20)
-		for sc.Scan() {
-			d.add(sc.Text())
-		}
-		d.err = d.cmd.Wait()
-		close(d.exited)
-	}()
+	d := &daemonProc{t: t, ns: ns, Proc: proctest.Start(t, ns, bin, args...)}
 	t.Cleanup(func() {
 		d.stop(5 * time.Second)
 		if t.Failed() {
-			d.mu.Lock()
-			defer d.mu.Unlock()
-			var sb strings.Builder
-			for _, l := range d.lines {
-				sb.WriteString(l.Raw)
-				sb.WriteByte('\n')
-			}
-			t.Logf("daemon log (%s):\n%s", ns.Name, sb.String())
+			t.Logf("daemon log (%s):\n%s", ns.Name, d.Stderr())
 		}
 	})
-	if _, ok := d.waitLog(10*time.Second, func(l logLine) bool { return strings.Contains(l.Msg, "watching") }); !ok {
+	if _, ok := d.waitLog(10*time.Second, func(l proctest.Log) bool { return strings.Contains(l.Msg, "watching") }); !ok {
 		t.Fatalf("daemon in %s logged no \"watching\" line within 10s", ns.Name)
 	}
 	return d
 }
 
-func (d *daemonProc) add(s string) {
-	var m map[string]any
-	l := logLine{Raw: s}
-	if json.Unmarshal([]byte(s), &m) == nil {
-		l.Fields = m
-		l.Msg, _ = m["msg"].(string)
-		l.Level, _ = m["level"].(string)
-		if ts, ok := m["ts"].(string); ok {
-			l.At, _ = time.Parse(time.RFC3339Nano, ts)
-		}
-	} else {
-		l.Msg = s
-	}
-	d.mu.Lock()
-	d.lines = append(d.lines, l)
-	d.mu.Unlock()
-}
-
-// logs returns the entries matching pred so far.
-func (d *daemonProc) logs(pred func(logLine) bool) []logLine {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []logLine
-	for _, l := range d.lines {
-		if pred(l) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 // waitLog waits for an entry matching pred.
-func (d *daemonProc) waitLog(timeout time.Duration, pred func(logLine) bool) (logLine, bool) {
-	end := time.Now().Add(timeout)
-	for {
-		if ls := d.logs(pred); len(ls) > 0 {
-			return ls[0], true
-		}
-		if time.Now().After(end) {
-			return logLine{}, false
-		}
-		select {
-		case <-d.exited:
-			if ls := d.logs(pred); len(ls) > 0 {
-				return ls[0], true
-			}
-			return logLine{}, false
-		case <-time.After(10 * time.Millisecond):
-		}
+func (d *daemonProc) waitLog(timeout time.Duration, pred func(proctest.Log) bool) (proctest.Log, bool) {
+	if ls := d.WaitLogs(timeout, 1, pred); len(ls) > 0 {
+		return ls[0], true
 	}
+	return proctest.Log{}, false
 }
 
 // bursts returns the "burst" entries (one per finished burst) for mac, or
 // for every MAC when mac is "".
-func (d *daemonProc) bursts(mac string) []logLine {
-	return d.logs(func(l logLine) bool {
-		return l.Msg == "burst" && (mac == "" || strings.EqualFold(l.str("mac"), mac))
+func (d *daemonProc) bursts(mac string) []proctest.Log {
+	return d.Logs(func(l proctest.Log) bool {
+		return l.Msg == "burst" && (mac == "" || strings.EqualFold(l.Str("mac"), mac))
 	})
 }
 
 func (d *daemonProc) signal(s os.Signal) {
-	if err := d.cmd.Process.Signal(s); err != nil {
+	if err := d.Signal(s); err != nil {
 		d.t.Errorf("signal %v: %v", s, err)
 	}
 }
 
 // stop sends SIGTERM and waits; a daemon that hangs is killed and reported.
 func (d *daemonProc) stop(timeout time.Duration) error {
-	select {
-	case <-d.exited:
-		return d.err
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-		return d.err
-	case <-time.After(timeout):
-		d.cmd.Process.Kill()
-		<-d.exited
+	err := d.Stop(timeout)
+	if errors.Is(err, proctest.ErrKilled) {
 		d.t.Errorf("daemon did not exit within %v of SIGTERM", timeout)
-		return fmt.Errorf("killed")
 	}
-}
-
-var metricRe = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)`)
-
-// metrics scrapes the daemon's endpoint from inside its namespace: the
-// connection is opened on a thread switched into the namespace, so it
-// belongs to it. Keys are "name{labels}" as exposed.
-func (d *daemonProc) metrics() (map[string]float64, error) {
-	var body string
-	err := d.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", metricsAddr, 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n"); err != nil {
-			return err
-		}
-		b, err := io.ReadAll(c)
-		body = string(b)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	if !strings.HasPrefix(body, "HTTP/1.0 200") && !strings.HasPrefix(body, "HTTP/1.1 200") {
-		return nil, fmt.Errorf("metrics: unexpected response %.80q", body)
-	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		m := metricRe.FindStringSubmatch(line)
-		if m == nil || strings.HasPrefix(line, "#") {
-			continue
-		}
-		v, err := strconv.ParseFloat(m[3], 64)
-		if err == nil {
-			out[m[1]+m[2]] = v
-		}
-	}
-	return out, nil
+	return err
 }
 
 func (d *daemonProc) metric(t *testing.T, key string) float64 {
 	t.Helper()
-	m, err := d.metrics()
+	m, err := proctest.Metrics(d.ns, metricsAddr)
 	if err != nil {
 		t.Fatalf("scraping metrics: %v", err)
 	}
@@ -299,108 +154,21 @@ type frame struct {
 	Seq  int        // ICMP echo sequence
 }
 
-// capture records every frame entering the host through one interface.
-type capture struct {
-	name   string
-	egress bool
-	fd     int
-	mu     sync.Mutex
-	frames []frame
-	done   chan struct{}
-}
+// capture records the frames crossing one interface, as classify sees them.
+type capture struct{ *wiretest.Capture }
 
 // startCapture records the frames entering ns through ifname: on a switch
 // port, what the host behind it sent.
 func startCapture(t *testing.T, ns *netlab.NS, ifname string) *capture {
 	t.Helper()
-	return openCapture(t, ns, ifname, false)
+	return &capture{wiretest.Start(t, ns, ifname, wiretest.In)}
 }
 
 // startEgressCapture records the frames ns transmits on ifname: on a switch
 // port, what the switch forwarded or flooded to the host behind it.
 func startEgressCapture(t *testing.T, ns *netlab.NS, ifname string) *capture {
 	t.Helper()
-	return openCapture(t, ns, ifname, true)
-}
-
-func openCapture(t *testing.T, ns *netlab.NS, ifname string, egress bool) *capture {
-	t.Helper()
-	c := &capture{name: ns.Name + "/" + ifname, egress: egress, done: make(chan struct{})}
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
-			return err
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20); err != nil {
-			return err
-		}
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 50000}); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
-	})
-	if err != nil {
-		if c.fd > 0 {
-			unix.Close(c.fd)
-		}
-		t.Fatalf("capture on %s: %v", c.name, err)
-	}
-	stop := make(chan struct{})
-	go c.loop(stop)
-	t.Cleanup(func() {
-		close(stop)
-		<-c.done
-		unix.Close(c.fd)
-	})
-	return c
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-func (c *capture) loop(stop chan struct{}) {
-	defer close(c.done)
-	buf := make([]byte, 2048)
-	oob := make([]byte, 256)
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)
-		if err != nil {
-			continue // timeout or EINTR: look at stop again
-		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); !ok || (ll.Pkttype == unix.PACKET_OUTGOING) != c.egress {
-			continue
-		}
-		at := time.Now()
-		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, m := range msgs {
-				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
-					sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
-					nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
-					at = time.Unix(sec, nsec)
-				}
-			}
-		}
-		f, ok := classify(buf[:n])
-		if !ok {
-			continue
-		}
-		f.At = at
-		c.mu.Lock()
-		c.frames = append(c.frames, f)
-		c.mu.Unlock()
-	}
+	return &capture{wiretest.Start(t, ns, ifname, wiretest.Out)}
 }
 
 // classify recognises announcements: RARP (0x8035, opcode 3), gratuitous
@@ -453,11 +221,11 @@ func classify(b []byte) (frame, bool) {
 
 // all returns the frames matching pred so far.
 func (c *capture) all(pred func(frame) bool) []frame {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var out []frame
-	for _, f := range c.frames {
-		if pred == nil || pred(f) {
+	for _, w := range c.Frames(nil) {
+		f, ok := classify(w.Data)
+		f.At = w.At
+		if ok && (pred == nil || pred(f)) {
 			out = append(out, f)
 		}
 	}
@@ -615,15 +383,6 @@ func sh(t *testing.T, ns *netlab.NS, script string) string {
 		t.Fatal(err)
 	}
 	return out
-}
-
-// brportState reads a bridge port's STP state from sysfs inside ns.
-func brportState(ns *netlab.NS, port string) (int, error) {
-	out, err := ns.Run("cat", "/sys/class/net/"+port+"/brport/state")
-	if err != nil {
-		return -1, err
-	}
-	return strconv.Atoi(strings.TrimSpace(out))
 }
 
 func kinds(fs []frame) map[string]int {

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // host is a hypervisor host without the rest of the lab, for tests about
@@ -90,39 +89,16 @@ func ipN(i int) string { return fmt.Sprintf("10.1.%d.%d", i>>8, i&0xff) }
 
 // linkToggler sets links up and down in a namespace with one ioctl each,
 // fast enough to flap a link on a 50 ms beat, which `ip` cannot.
-type linkToggler struct{ fd int }
+type linkToggler struct{ *wiretest.Toggler }
 
-func newLinkToggler(t *testing.T, ns *netlab.NS) *linkToggler {
+func newLinkToggler(t *testing.T, ns *netlab.NS) linkToggler {
 	t.Helper()
-	lt := &linkToggler{}
-	err := ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		lt.fd = fd
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(lt.fd) })
-	return lt
+	return linkToggler{wiretest.NewToggler(t, ns)}
 }
 
-func (lt *linkToggler) set(name string, up bool) error {
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(lt.fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	f := ifr.Uint16()
-	if up {
-		f |= unix.IFF_UP
-	} else {
-		f &^= unix.IFF_UP
-	}
-	ifr.SetUint16(f)
-	return unix.IoctlIfreq(lt.fd, unix.SIOCSIFFLAGS, ifr)
+func (lt linkToggler) set(name string, up bool) error {
+	_, err := lt.Set(name, up)
+	return err
 }
 
 // teach makes the host's bridge learn each MAC behind its uplink, as it
@@ -130,32 +106,19 @@ func (lt *linkToggler) set(name string, up bool) error {
 // another host: one broadcast per MAC, sent from the switch's side.
 func (h *host) teach(macs []string) {
 	h.t.Helper()
-	err := h.sw.Do(func() error {
-		ifi, err := net.InterfaceByName("pB")
+	var frames [][]byte
+	for _, m := range macs {
+		src, err := net.ParseMAC(m)
 		if err != nil {
-			return err
+			h.t.Fatalf("teaching the host bridge: %v", err)
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		for _, m := range macs {
-			src, err := net.ParseMAC(m)
-			if err != nil {
-				return err
-			}
-			f := make([]byte, 60)
-			copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-			copy(f[6:12], src)
-			f[12], f[13] = 0x88, 0xb5 // local experimental ethertype: nobody answers
-			if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+		f := make([]byte, 60)
+		copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+		copy(f[6:12], src)
+		f[12], f[13] = 0x88, 0xb5 // local experimental ethertype: nobody answers
+		frames = append(frames, f)
+	}
+	if err := wiretest.Inject(h.sw, "pB", frames...); err != nil {
 		h.t.Fatalf("teaching the host bridge: %v", err)
 	}
 }

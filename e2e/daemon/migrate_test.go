@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/selfannounce/selfannounce/internal/lab"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // A silent VM live-migrates Xen-style onto host B, where the daemon runs:
@@ -67,7 +68,7 @@ func TestNothingBeforeCarrier(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	if st, err := brportState(l.HostB, lab.DstVif); err != nil || st != 0 {
+	if st, err := wiretest.BrportState(l.HostB, lab.DstVif); err != nil || st != 0 {
 		t.Fatalf("destination vif brport state %d (%v), want 0 (disabled: no carrier)", st, err)
 	}
 	if n := len(capB.announcements("")); n != 0 {
@@ -86,13 +87,13 @@ func TestNothingBeforeCarrier(t *testing.T) {
 	for _, c := range []*capture{capB, capC} {
 		fs := c.waitFor(3*time.Second, 15, isAnnouncementFrom(lab.GuestMAC))
 		if len(fs) == 0 {
-			t.Errorf("%s: no announcement after carrier", c.name)
+			t.Errorf("%s: no announcement after carrier", c.Name())
 			continue
 		}
 		if fs[0].At.Before(resumed) {
-			t.Errorf("%s: first frame %v before the resume", c.name, resumed.Sub(fs[0].At))
+			t.Errorf("%s: first frame %v before the resume", c.Name(), resumed.Sub(fs[0].At))
 		}
-		t.Logf("%s: first frame %v after the resume began, %d frames", c.name, fs[0].At.Sub(resumed), len(fs))
+		t.Logf("%s: first frame %v after the resume began, %d frames", c.Name(), fs[0].At.Sub(resumed), len(fs))
 	}
 	if out, err := l.Client.Run("ping", "-c", "3", "-i", "0.1", "-W", "1", lab.GuestIP); err != nil {
 		t.Errorf("client cannot reach the migrated guest: %v\n%s", err, out)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/selfannounce/selfannounce/internal/proctest"
 )
 
 // reloadConfig is a guest whose address changes between configs. The flap
@@ -24,7 +26,7 @@ func arriveGARPs(t *testing.T, h *host, d *daemonProc, vif, peer string) []netip
 	h.addVif(vif, peer)
 	up := time.Now()
 	h.setGuest(peer, true)
-	if _, ok := d.waitLog(3*time.Second, func(l logLine) bool { return l.Msg == "burst" && l.str("port") == vif }); !ok {
+	if _, ok := d.waitLog(3*time.Second, func(l proctest.Log) bool { return l.Msg == "burst" && l.Str("port") == vif }); !ok {
 		t.Fatalf("%s: no burst within 3 s of carrier", vif)
 	}
 	var ips []netip.Addr
@@ -55,14 +57,14 @@ func TestReloadBadThenGoodConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.signal(syscall.SIGHUP)
-	l, ok := d.waitLog(3*time.Second, func(l logLine) bool { return strings.Contains(l.Msg, "reload failed") })
+	l, ok := d.waitLog(3*time.Second, func(l proctest.Log) bool { return strings.Contains(l.Msg, "reload failed") })
 	if !ok {
 		t.Fatal("no reload error logged after SIGHUP with a broken config")
 	}
-	t.Logf("reload error: %s: %s", l.Msg, l.str("error"))
+	t.Logf("reload error: %s: %s", l.Msg, l.Str("error"))
 	select {
-	case <-d.exited:
-		t.Fatalf("daemon exited after a bad reload: %v", d.err)
+	case <-d.Exited():
+		t.Fatalf("daemon exited after a bad reload: %v", d.Err())
 	default:
 	}
 	if ips := arriveGARPs(t, h, d, "vif61.0", "g61"); len(ips) != 1 || ips[0] != old {
@@ -73,7 +75,7 @@ func TestReloadBadThenGoodConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.signal(syscall.SIGHUP)
-	if _, ok := d.waitLog(3*time.Second, func(l logLine) bool { return l.Msg == "config reloaded" }); !ok {
+	if _, ok := d.waitLog(3*time.Second, func(l proctest.Log) bool { return l.Msg == "config reloaded" }); !ok {
 		t.Fatal("no \"config reloaded\" after SIGHUP with a good config")
 	}
 	if ips := arriveGARPs(t, h, d, "vif62.0", "g62"); len(ips) != 1 || ips[0] != updated {
@@ -96,13 +98,13 @@ func TestSigtermDuringBurst(t *testing.T) {
 	}
 	d.signal(syscall.SIGTERM)
 	select {
-	case <-d.exited:
+	case <-d.Exited():
 	case <-time.After(5 * time.Second):
 		t.Fatal("daemon still running 5 s after SIGTERM")
 	}
 	exited := time.Now()
-	if d.err != nil {
-		t.Errorf("daemon exit after SIGTERM: %v, want status 0", d.err)
+	if d.Err() != nil {
+		t.Errorf("daemon exit after SIGTERM: %v, want status 0", d.Err())
 	}
 	time.Sleep(1200 * time.Millisecond) // past the rest of the schedule
 	rarps := h.wire.all(func(f frame) bool { return f.Kind == kindRARP && f.Src == mac })
@@ -114,7 +116,7 @@ func TestSigtermDuringBurst(t *testing.T) {
 	if len(rarps) >= 5 {
 		t.Errorf("%d RARPs: the burst ran to completion despite SIGTERM", len(rarps))
 	}
-	if _, ok := d.waitLog(0, func(l logLine) bool { return l.Msg == "burst" && l.str("result") == "cancelled" }); !ok {
+	if _, ok := d.waitLog(0, func(l proctest.Log) bool { return l.Msg == "burst" && l.Str("result") == "cancelled" }); !ok {
 		t.Errorf("no cancelled burst logged")
 	}
 }

@@ -10,29 +10,23 @@
 package integrations_test
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
-	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
 	"github.com/selfannounce/selfannounce/announce/sniff"
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/proctest"
 	"github.com/selfannounce/selfannounce/internal/testbin"
 	"github.com/selfannounce/selfannounce/internal/testenv"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // host is a hypervisor host: namespace ns with bridge br0 whose only
@@ -125,128 +119,34 @@ func guestFrame(mac net.HardwareAddr) []byte {
 	return b
 }
 
-// frameRec is one frame the switch received, with the kernel's receive time.
-type frameRec struct {
-	at   time.Time
-	data []byte
-}
-
-// capture records every frame arriving on one interface, from the moment
-// startCapture returns, with kernel timestamps on the test's clock.
-type capture struct {
-	conn *packet.Conn
-	rc   syscall.RawConn
-	mu   sync.Mutex
-	got  []frameRec
-	done chan struct{}
-}
-
-func startCapture(t *testing.T, ns *netlab.NS, ifname string) *capture {
-	t.Helper()
-	c := &capture{done: make(chan struct{})}
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		c.conn, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("capture on %s/%s: %v", ns.Name, ifname, err)
-	}
-	rc, err := c.conn.SyscallConn()
-	if err == nil {
-		var serr error
-		if err = rc.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
-		}); err == nil {
-			err = serr
-		}
-	}
-	if err != nil {
-		c.conn.Close()
-		t.Fatalf("capture on %s/%s: %v", ns.Name, ifname, err)
-	}
-	c.rc = rc
-	go c.loop()
-	t.Cleanup(func() {
-		c.conn.Close()
-		<-c.done
-	})
-	return c
-}
-
-func (c *capture) loop() {
-	defer close(c.done)
-	buf := make([]byte, 2048)
-	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))
-	for {
-		var (
-			n, oobn int
-			from    unix.Sockaddr
-			rerr    error
-		)
-		err := c.rc.Read(func(fd uintptr) bool {
-			n, oobn, _, from, rerr = unix.Recvmsg(int(fd), buf, oob, 0)
-			return rerr != unix.EAGAIN
-		})
-		if err == nil {
-			err = rerr
-		}
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return
-		}
-		if sll, ok := from.(*unix.SockaddrLinklayer); !ok || sll.Pkttype == unix.PACKET_OUTGOING {
-			continue
-		}
-		at, ok := rxTime(oob[:oobn])
-		if !ok {
-			at = time.Now()
-		}
-		c.mu.Lock()
-		c.got = append(c.got, frameRec{at: at, data: append([]byte(nil), buf[:n]...)})
-		c.mu.Unlock()
-	}
-}
-
-func rxTime(oob []byte) (time.Time, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return time.Time{}, false
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS &&
-			len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
-			var ts unix.Timespec
-			copy(unsafe.Slice((*byte)(unsafe.Pointer(&ts)), unsafe.Sizeof(ts)), m.Data)
-			return time.Unix(ts.Unix()), true
-		}
-	}
-	return time.Time{}, false
-}
-
 // seen is one announcement the switch received.
 type seen struct {
 	at time.Time
 	a  sniff.Announcement
 }
 
+// capture records every frame arriving on one interface, from the moment
+// startCapture returns, with kernel timestamps on the test's clock.
+type capture struct{ *wiretest.Capture }
+
+func startCapture(t *testing.T, ns *netlab.NS, ifname string) capture {
+	t.Helper()
+	return capture{wiretest.Start(t, ns, ifname, wiretest.In)}
+}
+
 // announcements returns what the switch received announcing mac, in order.
-func (c *capture) announcements(mac string) []seen {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c capture) announcements(mac string) []seen {
 	var out []seen
-	for _, f := range c.got {
-		if a, ok := sniff.Decode(f.data); ok && a.MAC.String() == mac {
-			out = append(out, seen{f.at, a})
+	for _, f := range c.Frames(nil) {
+		if a, ok := f.Announcement(); ok && (mac == "" || a.MAC.String() == mac) {
+			out = append(out, seen{f.At, a})
 		}
 	}
 	return out
 }
+
+// anyAnnouncements returns every announcement the switch received.
+func (c capture) anyAnnouncements() []seen { return c.announcements("") }
 
 // count returns how many announcements of kind k (and, when ip is not
 // empty, for that address) are in ss.
@@ -281,190 +181,87 @@ func writeConfig(t *testing.T, yaml string) string {
 	return p
 }
 
-// result is one finished run of the one-shot command.
-type result struct {
-	code   int
-	stderr string
-	took   time.Duration
-	start  time.Time
-}
-
-// lastLine is the command's final stderr line: where its error goes.
-func (r result) lastLine() string {
-	lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
-	return lines[len(lines)-1]
-}
-
-// logs returns the JSON log records with message msg.
-func (r result) logs(msg string) []map[string]any {
-	return jsonRecords(r.stderr, msg)
-}
-
-func jsonRecords(s, msg string) []map[string]any {
+// records returns the JSON log records with message msg.
+func records(src interface {
+	Logs(func(proctest.Log) bool) []proctest.Log
+}, msg string) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(s, "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-			out = append(out, rec)
-		}
+	for _, l := range src.Logs(proctest.Msg(msg)) {
+		out = append(out, l.Fields)
 	}
 	return out
 }
 
-// announceCmd starts the real binary in ns with a JSON log.
-func announceCmd(t *testing.T, ns *netlab.NS, args ...string) (*exec.Cmd, *bytes.Buffer) {
+// startAnnounce starts the real binary in ns with a JSON log.
+func startAnnounce(t *testing.T, ns *netlab.NS, args ...string) *proctest.Proc {
 	t.Helper()
-	bin := testbin.Announce(t)
-	cmd := ns.Cmd(bin, append([]string{"--log-format", "json"}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Stdout = &stderr
-	return cmd, &stderr
+	return proctest.Start(t, ns, testbin.Announce(t), append([]string{"--log-format", "json"}, args...)...)
 }
 
 // runAnnounce runs the one-shot command to completion (bounded).
-func runAnnounce(t *testing.T, ns *netlab.NS, args ...string) result {
+func runAnnounce(t *testing.T, ns *netlab.NS, args ...string) proctest.Result {
 	t.Helper()
-	cmd, stderr := announceCmd(t, ns, args...)
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	return waitAnnounce(t, cmd, stderr, start)
+	return waitAnnounce(t, startAnnounce(t, ns, args...))
 }
 
-func waitAnnounce(t *testing.T, cmd *exec.Cmd, stderr *bytes.Buffer, start time.Time) result {
+func waitAnnounce(t *testing.T, p *proctest.Proc) proctest.Result {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("announce %v still running after 60 s:\n%s", cmd.Args, stderr)
-	}
-	r := result{stderr: stderr.String(), took: time.Since(start), start: start}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("announce: %v", err)
-	}
-	t.Logf("announce %s -> exit %d in %v", strings.Join(cmd.Args[5:], " "), r.code, r.took.Round(time.Millisecond))
+	r := p.Wait(t, 60*time.Second)
+	t.Logf("announce %s -> exit %d in %v", strings.Join(p.Cmd.Args[5:], " "), r.Code, r.Took.Round(time.Millisecond))
 	return r
 }
 
 // expectError checks a failed run: the exit status, and that the error is
 // one line naming the problem.
-func expectError(t *testing.T, r result, code int, substr string) {
+func expectError(t *testing.T, r proctest.Result, code int, substr string) {
 	t.Helper()
-	if r.code != code {
-		t.Fatalf("exit %d, want %d; stderr:\n%s", r.code, code, r.stderr)
+	if r.Code != code {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", r.Code, code, r.Output)
 	}
-	last := r.lastLine()
+	last := r.LastLine()
 	if !strings.HasPrefix(last, "announce: ") || !strings.Contains(last, substr) {
-		t.Fatalf("last stderr line %q: want \"announce: ...%s...\"; stderr:\n%s", last, substr, r.stderr)
+		t.Fatalf("last stderr line %q: want \"announce: ...%s...\"; stderr:\n%s", last, substr, r.Output)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // daemonProc is `announce daemon` running in a host's namespace.
 type daemonProc struct {
-	ns     *netlab.NS
-	log    *lockedBuffer
-	exited chan struct{}
+	*proctest.Proc
+	ns *netlab.NS
 }
 
 // startDaemon runs the real daemon with a JSON debug log and metrics on the
 // namespace's loopback, and waits until it watches the links.
 func startDaemon(t *testing.T, ns *netlab.NS, cfg string) *daemonProc {
 	t.Helper()
-	bin := testbin.Announce(t)
-	d := &daemonProc{ns: ns, log: &lockedBuffer{}, exited: make(chan struct{})}
-	cmd := ns.Cmd(bin, "--log-format", "json", "--log-level", "debug", "daemon", "--config", cfg, "--metrics-listen", metricsAddr)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = d.log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start daemon: %v", err)
-	}
-	scanned := make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			fmt.Fprintln(d.log, sc.Text())
-		}
-	}()
-	go func() {
-		<-scanned
-		cmd.Wait()
-		close(d.exited)
-	}()
+	d := &daemonProc{ns: ns, Proc: proctest.Start(t, ns, testbin.Announce(t),
+		"--log-format", "json", "--log-level", "debug", "daemon", "--config", cfg, "--metrics-listen", metricsAddr)}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-d.exited
+		if errors.Is(d.Stop(5*time.Second), proctest.ErrKilled) {
 			t.Errorf("daemon ignored SIGTERM for 5 s")
 		}
 		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.log)
+			t.Logf("daemon log:\n%s", d.Output())
 		}
 	})
 	d.waitLog(t, "watching", 1, 20*time.Second)
 	return d
 }
 
-// records returns the daemon's log records with message msg.
-func (d *daemonProc) records(msg string) []map[string]any {
-	return jsonRecords(d.log.String(), msg)
-}
-
 // waitLog waits until the daemon has logged msg at least n times.
 func (d *daemonProc) waitLog(t *testing.T, msg string, n int, within time.Duration) []map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		recs := d.records(msg)
-		if len(recs) >= n {
-			return recs
-		}
+	d.WaitLogs(within, n, proctest.Msg(msg))
+	recs := records(d, msg)
+	if len(recs) < n {
 		select {
-		case <-d.exited:
-			t.Fatalf("daemon exited waiting for %q:\n%s", msg, d.log)
+		case <-d.Exited():
+			t.Fatalf("daemon exited waiting for %q:\n%s", msg, d.Output())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon logged %q %d times within %v, want %d", msg, len(recs), within, n)
-		}
-		time.Sleep(20 * time.Millisecond)
+		t.Fatalf("daemon logged %q %d times within %v, want %d", msg, len(recs), within, n)
 	}
+	return recs
 }
 
 const metricsAddr = "127.0.0.1:9474"
@@ -473,46 +270,11 @@ const metricsAddr = "127.0.0.1:9474"
 // and returns the value of the sample named exactly series (0 if absent).
 func (d *daemonProc) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	var body []byte
-	err := d.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", metricsAddr, 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n", metricsAddr)
-		var buf bytes.Buffer
-		_, err = buf.ReadFrom(c)
-		body = buf.Bytes()
-		return err
-	})
+	m, err := proctest.Metrics(d.ns, metricsAddr)
 	if err != nil {
 		t.Fatalf("scraping metrics: %v", err)
 	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err != nil {
-				t.Fatalf("metric line %q: %v", line, err)
-			}
-			return f
-		}
-	}
-	return 0
-}
-
-// anyAnnouncements returns every announcement the switch received.
-func (c *capture) anyAnnouncements() []seen {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []seen
-	for _, f := range c.got {
-		if a, ok := sniff.Decode(f.data); ok {
-			out = append(out, seen{f.at, a})
-		}
-	}
-	return out
+	return m[series]
 }
 
 func writeFD(fd int, b []byte) (int, error) { return unix.Write(fd, b) }

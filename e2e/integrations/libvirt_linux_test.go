@@ -66,8 +66,8 @@ func TestLibvirtDomainSelector(t *testing.T) {
 	t.Run("announce", func(t *testing.T) {
 		cap := startCapture(t, h.sw, "swp")
 		r := runAnnounce(t, h.ns, "--domain", name, "--libvirt-socket", h.lv.Socket, "--config", cfg)
-		if r.code != 0 {
-			t.Fatalf("exit %d, want 0:\n%s", r.code, r.stderr)
+		if r.Code != 0 {
+			t.Fatalf("exit %d, want 0:\n%s", r.Code, r.Output)
 		}
 		a, b := cap.announcements(macA), cap.announcements(macB)
 		if count(a, sniff.RARP, "") != 5 || count(a, sniff.GARPRequest, ipA) != 5 || len(a) != 10 {
@@ -77,7 +77,7 @@ func TestLibvirtDomainSelector(t *testing.T) {
 			t.Errorf("%s (%s): want 5 RARPs and nothing else; switch saw:%s", macB, ifs[1].Dev, describe(b))
 		}
 		got := map[string]string{}
-		for _, rec := range r.logs("announcing") {
+		for _, rec := range records(r, "announcing") {
 			got[fmt.Sprint(rec["port"])] = fmt.Sprint(rec["mac"])
 		}
 		for _, i := range ifs {
@@ -145,7 +145,7 @@ guests:
 // bursts returns the daemon's "burst" records for mac.
 func bursts(d *daemonProc, mac string) []map[string]any {
 	var out []map[string]any
-	for _, r := range d.records("burst") {
+	for _, r := range records(d, "burst") {
 		if r["mac"] == mac {
 			out = append(out, r)
 		}
@@ -196,7 +196,7 @@ func TestDaemonLibvirtMigration(t *testing.T) {
 		t.Errorf("%s = %v: the libvirt event was not counted as suppressed", suppressed, n)
 	}
 	sup := false
-	for _, r := range d.records("burst suppressed") {
+	for _, r := range records(d, "burst suppressed") {
 		sup = sup || r["trigger"] == "libvirt-resumed" && r["port"] == dev
 	}
 	if !sup {
@@ -210,7 +210,7 @@ func TestDaemonLibvirtMigration(t *testing.T) {
 	if n := count(ss, sniff.RARP, ""); n != 10 {
 		t.Errorf("%d RARPs on the switch, want QEMU's 5 and our 5:%s", n, describe(ss))
 	}
-	resumed := len(d.records("libvirt: domain resumed after migration"))
+	resumed := len(records(d, "libvirt: domain resumed after migration"))
 
 	// Suspend and resume are RESUMED/UNPAUSED: not an arrival.
 	m.dst.lv.Virsh(t, "suspend", m.name)
@@ -219,7 +219,7 @@ func TestDaemonLibvirtMigration(t *testing.T) {
 	if n := len(bursts(d, m.mac)); n != 1 {
 		t.Errorf("%d bursts after virsh suspend/resume, want still 1", n)
 	}
-	if n := len(d.records("libvirt: domain resumed after migration")); n != resumed {
+	if n := len(records(d, "libvirt: domain resumed after migration")); n != resumed {
 		t.Errorf("suspend/resume was taken for a migration arrival")
 	}
 	if n := count(cap.announcements(m.mac), sniff.GARPRequest, m.ip); n != 5 {
@@ -247,7 +247,7 @@ func TestDaemonLibvirtResumedAlone(t *testing.T) {
 
 // checkResumedBurst asserts one burst for the migrated guest, triggered by
 // the libvirt event, on the destination vnet, with the configured address.
-func checkResumedBurst(t *testing.T, m *migration, d *daemonProc, cap *capture) {
+func checkResumedBurst(t *testing.T, m *migration, d *daemonProc, cap capture) {
 	t.Helper()
 	dev := m.dst.interfaces(t, m.name)[0].Dev
 	bs := waitBursts(t, d, m.mac, 1, 20*time.Second)
@@ -261,7 +261,7 @@ func checkResumedBurst(t *testing.T, m *migration, d *daemonProc, cap *capture) 
 	if n := count(ss, sniff.GARPRequest, m.ip); n != 5 {
 		t.Errorf("%d GARPs for %s on the switch, want 5:%s", n, m.ip, describe(ss))
 	}
-	ev := d.records("libvirt: domain resumed after migration")
+	ev := records(d, "libvirt: domain resumed after migration")
 	if len(ev) != 1 || ev[0]["domain"] != m.name || !strings.Contains(fmt.Sprint(ev[0]["interfaces"]), dev) {
 		t.Errorf("resume records %v: want one for %s naming %s", ev, m.name, dev)
 	}

@@ -131,11 +131,11 @@ func TestXenSelectors(t *testing.T) {
 				args = append(args, "--config", plain)
 			}
 			r := runAnnounce(t, h.ns, args...)
-			if r.code != 0 {
-				t.Fatalf("exit %d, want 0:\n%s", r.code, r.stderr)
+			if r.Code != 0 {
+				t.Fatalf("exit %d, want 0:\n%s", r.Code, r.Output)
 			}
 			checkDom0Burst(t, cap.announcements(mac7), tc.trusted)
-			ann := r.logs("announcing")
+			ann := records(r, "announcing")
 			if len(ann) != 1 || ann[0]["port"] != "vif7.0" || ann[0]["source"] != "xenstore" {
 				t.Errorf("announcing records %v, want one for vif7.0 from xenstore", ann)
 			}
@@ -153,20 +153,17 @@ func TestXenWaitReadyCarrier(t *testing.T) {
 	cfg := writeConfig(t, "{}\n")
 	cap := startCapture(t, h.sw, "swp")
 
-	cmd, out := announceCmd(t, h.ns, "--domid", "7", "--xenstore", xs.Path, "--config", cfg, "--wait-ready=10s")
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := startAnnounce(t, h.ns, "--domid", "7", "--xenstore", xs.Path, "--config", cfg, "--wait-ready=10s")
+	start := p.Start
 	time.Sleep(time.Second)
 	if n := len(cap.announcements(mac7)); n != 0 {
 		t.Fatalf("%d announcements before the vif had carrier:%s", n, describe(cap.announcements(mac7)))
 	}
 	carrier := time.Now()
 	g.MustRun(t, "ip", "link", "set", "eth0", "up")
-	r := waitAnnounce(t, cmd, out, start)
-	if r.code != 0 {
-		t.Fatalf("exit %d, want 0:\n%s", r.code, r.stderr)
+	r := waitAnnounce(t, p)
+	if r.Code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", r.Code, r.Output)
 	}
 	ss := cap.announcements(mac7)
 	checkDom0Burst(t, ss, false)
@@ -176,7 +173,7 @@ func TestXenWaitReadyCarrier(t *testing.T) {
 		}
 		t.Logf("carrier at +%v, first frame %v later", carrier.Sub(start).Round(time.Millisecond), ss[0].at.Sub(carrier).Round(time.Millisecond))
 	}
-	if rd := r.logs("port ready"); len(rd) != 1 || rd[0]["port"] != "vif7.0" {
+	if rd := records(r, "port ready"); len(rd) != 1 || rd[0]["port"] != "vif7.0" {
 		t.Errorf("port ready records %v, want one for vif7.0", rd)
 	}
 }
@@ -199,8 +196,8 @@ func TestXenWaitReadyNeverReady(t *testing.T) {
 		cap := startCapture(t, h.sw, "swp")
 		r := runAnnounce(t, h.ns, "--domid", "8", "--xenstore", xs.Path, "--config", cfg, "--wait-ready=2s")
 		expectError(t, r, 5, "1 of 2 ports not announced: vif8.1")
-		if r.took < 2*time.Second {
-			t.Errorf("gave up after %v, before the 2 s bound", r.took)
+		if r.Took < 2*time.Second {
+			t.Errorf("gave up after %v, before the 2 s bound", r.Took)
 		}
 		if ss := cap.announcements(mac8b); len(ss) != 0 {
 			t.Errorf("frames for the port that never got ready:%s", describe(ss))
@@ -208,7 +205,7 @@ func TestXenWaitReadyNeverReady(t *testing.T) {
 		if ss := cap.announcements(mac8a); count(ss, sniff.RARP, "") != 5 || count(ss, sniff.GARPRequest, "10.8.0.1") != 5 {
 			t.Errorf("the ready port was not announced in full:%s", describe(ss))
 		}
-		nr := r.logs("port not ready, not announced")
+		nr := records(r, "port not ready, not announced")
 		if len(nr) != 1 || nr[0]["port"] != "vif8.1" {
 			t.Errorf("not-ready records %v, want one for vif8.1", nr)
 		}
@@ -219,8 +216,8 @@ func TestXenWaitReadyNeverReady(t *testing.T) {
 		cap := startCapture(t, h.sw, "swp")
 		r := runAnnounce(t, h.ns, "--domid", "9", "--xenstore", xs.Path, "--config", cfg, "--wait-ready=1s")
 		expectError(t, r, 1, "vif9.0")
-		if r.took < time.Second {
-			t.Errorf("gave up after %v, before the 1 s bound", r.took)
+		if r.Took < time.Second {
+			t.Errorf("gave up after %v, before the 1 s bound", r.Took)
 		}
 		if ss := cap.announcements(mac9); len(ss) != 0 {
 			t.Errorf("frames for the port that never got ready:%s", describe(ss))
@@ -252,11 +249,7 @@ func TestXenWaitReadyHVMOnePort(t *testing.T) {
 			cfg := writeConfig(t, "{}\n")
 			cap := startCapture(t, h.sw, "swp")
 
-			cmd, out := announceCmd(t, h.ns, "--domid", "7", "--xenstore", xs.Path, "--config", cfg, "--wait-ready=10s")
-			start := time.Now()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
+			p := startAnnounce(t, h.ns, "--domid", "7", "--xenstore", xs.Path, "--config", cfg, "--wait-ready=10s")
 			time.Sleep(500 * time.Millisecond)
 			// QEMU opens the tap in both cases; carrier alone is no arrival
 			// on a tap, QEMU holds it long before the guest runs.
@@ -273,16 +266,16 @@ func TestXenWaitReadyHVMOnePort(t *testing.T) {
 			} else if _, err := writeFD(fd, guestFrame(mustMAC(t, mac7))); err != nil {
 				t.Fatal(err)
 			}
-			r := waitAnnounce(t, cmd, out, start)
-			if r.code != 0 {
-				t.Fatalf("exit %d, want 0:\n%s", r.code, r.stderr)
+			r := waitAnnounce(t, p)
+			if r.Code != 0 {
+				t.Fatalf("exit %d, want 0:\n%s", r.Code, r.Output)
 			}
 			ss := cap.announcements(mac7)
 			checkDom0Burst(t, ss, false)
 			if len(ss) > 0 && ss[0].at.Before(alive) {
 				t.Errorf("first frame before %s came alive", want)
 			}
-			ann := r.logs("announcing")
+			ann := records(r, "announcing")
 			if len(ann) != 1 || ann[0]["port"] != want {
 				t.Errorf("announcing records %v, want exactly one, through %s", ann, want)
 			}

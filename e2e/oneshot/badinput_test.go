@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/selfannounce/selfannounce/internal/proctest"
 	"github.com/selfannounce/selfannounce/internal/testenv"
 )
 
@@ -75,7 +76,7 @@ func TestBadInput(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			sw := startCapture(t, l.sw, "sw0")
 			guest := startCapture(t, l.guest, "eth0")
-			var r result
+			var r proctest.Result
 			if c.noRaw {
 				// As root, an exec without net_raw in the bounding set (and
 				// nothing inheritable) leaves the binary without it.
@@ -83,12 +84,12 @@ func TestBadInput(t *testing.T) {
 			} else {
 				r = l.announce(t, c.args...)
 			}
-			t.Logf("exit %d, stderr: %s", r.code, r.stderr)
+			t.Logf("exit %d, stderr: %s", r.Code, r.Stderr)
 			checkOneLineError(t, r, c.code, c.want...)
-			if a := announcements(sw.result(t), mustMAC(t, guestMAC)); len(a) != 0 {
+			if a := announcements(sw.Stop(t), mustMAC(t, guestMAC)); len(a) != 0 {
 				t.Errorf("frames reached the switch:%s", describe(a))
 			}
-			if a := announcements(guest.result(t), mustMAC(t, guestMAC)); len(a) != 0 {
+			if a := announcements(guest.Stop(t), mustMAC(t, guestMAC)); len(a) != 0 {
 				t.Errorf("frames reached the guest:%s", describe(a))
 			}
 			if port := fdbPort(t, l.host, "br0", guestMAC); port != "up0" {
@@ -104,10 +105,10 @@ func TestBadInput(t *testing.T) {
 	t.Run("control: valid input is announced", func(t *testing.T) {
 		sw := startCapture(t, l.sw, "sw0")
 		r := l.announce(t, with("--rounds", "1")...)
-		if r.code != 0 {
-			t.Fatalf("announce exited %d: %s", r.code, r.stderr)
+		if r.Code != 0 {
+			t.Fatalf("announce exited %d: %s", r.Code, r.Stderr)
 		}
-		if a := announcements(sw.result(t), mustMAC(t, guestMAC)); len(a) != 3 {
+		if a := announcements(sw.Stop(t), mustMAC(t, guestMAC)); len(a) != 3 {
 			t.Errorf("switch received %d announcement frames, want 3:%s", len(a), describe(a))
 		}
 	})
@@ -115,20 +116,20 @@ func TestBadInput(t *testing.T) {
 
 // checkOneLineError asserts the run failed with code and exactly one line
 // on stderr, "announce: ...", naming every one of want.
-func checkOneLineError(t *testing.T, r result, code int, want ...string) {
+func checkOneLineError(t *testing.T, r proctest.Result, code int, want ...string) {
 	t.Helper()
-	if r.code != code {
-		t.Errorf("exit code %d, want %d; stderr: %q", r.code, code, r.stderr)
+	if r.Code != code {
+		t.Errorf("exit code %d, want %d; stderr: %q", r.Code, code, r.Stderr)
 	}
-	if strings.Count(r.stderr, "\n") != 1 || !strings.HasSuffix(r.stderr, "\n") || !strings.HasPrefix(r.stderr, "announce: ") {
-		t.Errorf("stderr is not one \"announce: ...\" line: %q", r.stderr)
+	if strings.Count(r.Stderr, "\n") != 1 || !strings.HasSuffix(r.Stderr, "\n") || !strings.HasPrefix(r.Stderr, "announce: ") {
+		t.Errorf("stderr is not one \"announce: ...\" line: %q", r.Stderr)
 	}
 	for _, w := range want {
-		if !strings.Contains(r.stderr, w) {
-			t.Errorf("error %q does not name %q", strings.TrimSpace(r.stderr), w)
+		if !strings.Contains(r.Stderr, w) {
+			t.Errorf("error %q does not name %q", strings.TrimSpace(r.Stderr), w)
 		}
 	}
-	if r.stdout != "" {
-		t.Errorf("stdout not empty on error: %q", r.stdout)
+	if r.Stdout != "" {
+		t.Errorf("stdout not empty on error: %q", r.Stdout)
 	}
 }

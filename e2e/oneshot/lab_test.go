@@ -9,26 +9,20 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
-	"github.com/mdlayher/packet"
-	"golang.org/x/sys/unix"
-
-	"github.com/selfannounce/selfannounce/announce/sniff"
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/proctest"
 	"github.com/selfannounce/selfannounce/internal/testbin"
 	"github.com/selfannounce/selfannounce/internal/testenv"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // guestMAC is the MAC of QEMU's reference capture, so the RARP can be
@@ -104,8 +98,8 @@ for d in swbr sw0 sw1; do ip link set $d up; done
 	l.old.MustRun(t, "ip", "link", "set", "old0", "up")
 	// A bridge forwards on a new port only once the kernel's link watch has
 	// seen its carrier, up to a second later.
-	waitForwarding(t, l.host, "up0", "vif3.0", "vif5.0")
-	waitForwarding(t, l.sw, "sw0", "sw1")
+	wiretest.WaitForwarding(t, l.host, 5*time.Second, "up0", "vif3.0", "vif5.0")
+	wiretest.WaitForwarding(t, l.sw, 5*time.Second, "sw0", "sw1")
 	return l
 }
 
@@ -113,22 +107,6 @@ func mustSh(t *testing.T, ns *netlab.NS, script string) {
 	t.Helper()
 	if _, err := ns.Sh(script); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func waitForwarding(t *testing.T, ns *netlab.NS, ports ...string) {
-	t.Helper()
-	for _, p := range ports {
-		eventually(t, 5*time.Second, func() error {
-			st, err := ns.Run("cat", "/sys/class/net/"+p+"/brport/state")
-			if err != nil {
-				return err
-			}
-			if st != "3" {
-				return fmt.Errorf("%s: port %s in STP state %s, want 3 (forwarding)", ns.Name, p, st)
-			}
-			return nil
-		})
 	}
 }
 
@@ -214,175 +192,23 @@ func fdbPort(t *testing.T, ns *netlab.NS, br, mac string) string {
 // inject writes whole frames on ifname from inside ns.
 func inject(t *testing.T, ns *netlab.NS, ifname string, frames ...[]byte) {
 	t.Helper()
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		c, err := packet.Listen(ifi, packet.Raw, 0, nil)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for _, f := range frames {
-			if _, err := c.WriteTo(f, &packet.Addr{HardwareAddr: net.HardwareAddr(f[:6])}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("injecting on %s in %s: %v", ifname, ns.Name, err)
+	if err := wiretest.Inject(ns, ifname, frames...); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// seen is one frame a capture received, with its 802.1Q tag put back where
-// the sender wrote it (the kernel moves it to PACKET_AUXDATA on receive).
-type seen struct {
-	At   time.Time // kernel receive time
-	Data []byte
-	VLAN uint16
-}
-
-func (s seen) src() net.HardwareAddr { return net.HardwareAddr(s.Data[6:12]) }
-
-// capture records every frame arriving at one interface.
-type capture struct {
-	ifname string
-	pc     *packet.Conn
-	rc     syscall.RawConn
-	index  int
-	mu     sync.Mutex
-	frames []seen
-	err    error
-	done   chan struct{}
-	once   sync.Once
-}
-
-// startCapture opens a packet socket on ifname inside ns; frames arriving
-// after it returns are recorded. It stops at test end if not before.
-func startCapture(t *testing.T, ns *netlab.NS, ifname string) *capture {
+// startCapture records the frames arriving at ifname inside ns from now
+// on; Stop returns them.
+func startCapture(t *testing.T, ns *netlab.NS, ifname string) *wiretest.Capture {
 	t.Helper()
-	c := &capture{ifname: ifname, done: make(chan struct{})}
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		c.index = ifi.Index
-		if c.pc, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil); err != nil {
-			return err
-		}
-		if c.rc, err = c.pc.SyscallConn(); err != nil {
-			return err
-		}
-		var serr error
-		err = c.rc.Control(func(fd uintptr) {
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); serr == nil {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
-			}
-		})
-		return errors.Join(err, serr)
-	})
-	if err != nil {
-		t.Fatalf("capture on %s in %s: %v", ifname, ns.Name, err)
-	}
-	go c.loop()
-	t.Cleanup(func() { c.stop() })
-	return c
-}
-
-func (c *capture) loop() {
-	defer close(c.done)
-	defer c.pc.Close()
-	const tag = 4
-	buf := make([]byte, tag+65536)
-	oob := make([]byte, 512)
-	for {
-		var (
-			n, oobn int
-			from    unix.Sockaddr
-			rerr    error
-		)
-		err := c.rc.Read(func(fd uintptr) bool {
-			n, oobn, _, from, rerr = unix.Recvmsg(int(fd), buf[tag:], oob, 0)
-			return rerr != unix.EAGAIN
-		})
-		if err != nil {
-			return // the deadline set by stop
-		}
-		if errors.Is(rerr, unix.EINTR) {
-			continue
-		}
-		if rerr != nil {
-			c.mu.Lock()
-			c.err = rerr
-			c.mu.Unlock()
-			return
-		}
-		sll, ok := from.(*unix.SockaddrLinklayer)
-		if !ok || sll.Ifindex != c.index || sll.Pkttype == unix.PACKET_OUTGOING || n < 14 {
-			continue
-		}
-		s := seen{At: time.Now()}
-		vlanValid, tci, tpid := false, uint16(0), uint16(0x8100)
-		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
-		for _, m := range msgs {
-			switch {
-			case m.Header.Level == unix.SOL_PACKET && m.Header.Type == unix.PACKET_AUXDATA:
-				aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&m.Data[0]))
-				if aux.Status&unix.TP_STATUS_VLAN_VALID != 0 {
-					vlanValid, tci = true, aux.Vlan_tci
-					if aux.Status&unix.TP_STATUS_VLAN_TPID_VALID != 0 {
-						tpid = aux.Vlan_tpid
-					}
-				}
-			case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS:
-				ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
-				s.At = time.Unix(ts.Unix())
-			}
-		}
-		f := buf[tag : tag+n]
-		if vlanValid {
-			copy(buf, buf[tag:tag+12])
-			binary.BigEndian.PutUint16(buf[12:], tpid)
-			binary.BigEndian.PutUint16(buf[14:], tci)
-			f = buf[:tag+n]
-			s.VLAN = tci & 0xfff
-		}
-		s.Data = append([]byte(nil), f...)
-		c.mu.Lock()
-		c.frames = append(c.frames, s)
-		c.mu.Unlock()
-	}
-}
-
-// stop lets frames already on their way arrive, closes the socket and
-// returns what was received.
-func (c *capture) stop() []seen {
-	c.once.Do(func() {
-		c.pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		<-c.done
-	})
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]seen(nil), c.frames...)
-}
-
-func (c *capture) result(t *testing.T) []seen {
-	t.Helper()
-	fs := c.stop()
-	if c.err != nil {
-		t.Fatalf("capture on %s: %v", c.ifname, c.err)
-	}
-	return fs
+	return wiretest.Start(t, ns, ifname, wiretest.In)
 }
 
 // from keeps the frames whose Ethernet source is mac.
-func from(fs []seen, mac net.HardwareAddr) []seen {
-	var out []seen
+func from(fs []wiretest.Frame, mac net.HardwareAddr) []wiretest.Frame {
+	var out []wiretest.Frame
 	for _, f := range fs {
-		if bytes.Equal(f.src(), mac) {
+		if bytes.Equal(f.Src(), mac) {
 			out = append(out, f)
 		}
 	}
@@ -391,17 +217,17 @@ func from(fs []seen, mac net.HardwareAddr) []seen {
 
 // announcements keeps the frames that announce anything, or come from mac:
 // on bad input not one of them may leave.
-func announcements(fs []seen, mac net.HardwareAddr) []seen {
-	var out []seen
+func announcements(fs []wiretest.Frame, mac net.HardwareAddr) []wiretest.Frame {
+	var out []wiretest.Frame
 	for _, f := range fs {
-		if _, ok := sniff.Decode(f.Data); ok || bytes.Equal(f.src(), mac) {
+		if _, ok := f.Announcement(); ok || bytes.Equal(f.Src(), mac) {
 			out = append(out, f)
 		}
 	}
 	return out
 }
 
-func describe(fs []seen) string {
+func describe(fs []wiretest.Frame) string {
 	var b strings.Builder
 	for _, f := range fs {
 		fmt.Fprintf(&b, "\n  %s vlan %d %x", f.At.Format("15:04:05.000000"), f.VLAN, f.Data)
@@ -409,23 +235,16 @@ func describe(fs []seen) string {
 	return b.String()
 }
 
-// result is how a process ended.
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
 // run runs a program inside ns and waits for it.
-func run(t *testing.T, ns *netlab.NS, name string, args ...string) result {
+func run(t *testing.T, ns *netlab.NS, name string, args ...string) proctest.Result {
 	t.Helper()
-	p := start(t, ns, name, args...)
-	return p.wait(t, 30*time.Second)
+	return proctest.Start(t, ns, name, args...).Wait(t, 30*time.Second)
 }
 
 // announce runs the announce binary inside ns. Every run names its
 // resolvers' sources, so a machine's own xenstore, libvirt or config file
 // cannot change the outcome.
-func (l *lab) announce(t *testing.T, args ...string) result {
+func (l *lab) announce(t *testing.T, args ...string) proctest.Result {
 	t.Helper()
 	return run(t, l.host, l.bin, l.hermetic(args)...)
 }
@@ -455,81 +274,11 @@ func (l *lab) hermetic(args []string) []string {
 	return out
 }
 
-// proc is a program running in a namespace.
-type proc struct {
-	cmd            *exec.Cmd
-	stdout, stderr *syncBuf
-	done           chan struct{}
-	err            error
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// start starts a program inside ns; it is killed at test end if still
-// running, before netlab removes the namespace.
-func start(t *testing.T, ns *netlab.NS, name string, args ...string) *proc {
+// signal stops a long-running program (announce sniff) and waits for it.
+func signal(t *testing.T, p *proctest.Proc, sig syscall.Signal) proctest.Result {
 	t.Helper()
-	p := &proc{cmd: ns.Cmd(name, args...), stdout: &syncBuf{}, stderr: &syncBuf{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	if err := p.cmd.Start(); err != nil {
+	if err := p.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-func (p *proc) wait(t *testing.T, d time.Duration) result {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		p.cmd.Process.Kill()
-		<-p.done
-		t.Fatalf("%s did not exit within %v; stderr: %s", strings.Join(p.cmd.Args, " "), d, p.stderr.String())
-	}
-	code := p.cmd.ProcessState.ExitCode()
-	var ee *exec.ExitError
-	if p.err != nil && !errors.As(p.err, &ee) {
-		t.Fatalf("%s: %v", strings.Join(p.cmd.Args, " "), p.err)
-	}
-	return result{stdout: p.stdout.String(), stderr: p.stderr.String(), code: code}
-}
-
-// signal stops a long-running program (announce sniff) and waits for it.
-func (p *proc) signal(t *testing.T, sig syscall.Signal) result {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		select {
-		case <-p.done: // it had already exited
-		default:
-			t.Fatal(err)
-		}
-	}
-	return p.wait(t, 10*time.Second)
+	return p.Wait(t, 10*time.Second)
 }

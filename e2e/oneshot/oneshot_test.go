@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/selfannounce/selfannounce/announce/frame"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // qemuRARP is frame 1 of a capture of QEMU 7.2's announce-self for
@@ -79,7 +80,7 @@ func wantRound(t *testing.T, mac string, ips []string, vlan uint16) [][]byte {
 // byte and in order. It returns, rather than reports, the frames that missed
 // their time: each round must start at its offset from the first frame and
 // all its frames lie within slack of it.
-func checkBurst(t *testing.T, got []seen, round [][]byte, offsets []time.Duration) (late []string) {
+func checkBurst(t *testing.T, got []wiretest.Frame, round [][]byte, offsets []time.Duration) (late []string) {
 	t.Helper()
 	if len(got) != len(round)*len(offsets) {
 		t.Fatalf("captured %d frames from the guest MAC, want %d rounds of %d:%s", len(got), len(offsets), len(round), describe(got))
@@ -107,17 +108,17 @@ const burstAttempts = 3
 // announceBurst teaches the field state, runs announce with args and checks
 // the burst seen on the switch side of the uplink. It returns the frames
 // of the accepted attempt at the switch and at the guest.
-func announceBurst(t *testing.T, l *lab, round [][]byte, offsets []time.Duration, args ...string) (onWire, atGuest []seen) {
+func announceBurst(t *testing.T, l *lab, round [][]byte, offsets []time.Duration, args ...string) (onWire, atGuest []wiretest.Frame) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		l.teach(t, guestMAC)
 		sw := startCapture(t, l.sw, "sw0")
 		guest := startCapture(t, l.guest, "eth0")
 		r := l.announce(t, args...)
-		if r.code != 0 {
-			t.Fatalf("announce exited %d: %s", r.code, r.stderr)
+		if r.Code != 0 {
+			t.Fatalf("announce exited %d: %s", r.Code, r.Stderr)
 		}
-		onWire, atGuest = sw.result(t), guest.result(t)
+		onWire, atGuest = sw.Stop(t), guest.Stop(t)
 		late := checkBurst(t, from(onWire, mustMAC(t, guestMAC)), round, offsets)
 		if len(late) == 0 {
 			return onWire, atGuest
@@ -217,19 +218,19 @@ func TestDryRun(t *testing.T) {
 	sw := startCapture(t, l.sw, "sw0")
 	guest := startCapture(t, l.guest, "eth0")
 	r := l.announce(t, "--vif", "vif3.0", "--mac", guestMAC, "--ip", "10.0.0.10", "--ip", "fd00::10", "--dry-run")
-	if r.code != 0 {
-		t.Fatalf("announce --dry-run exited %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("announce --dry-run exited %d: %s", r.Code, r.Stderr)
 	}
 	for _, want := range []string{"port vif3.0", "bridge br0", "vlan none", "uplink up0", "tag none", guestMAC, "10.0.0.10", "fd00::10"} {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("dry-run output lacks %q:\n%s", want, r.stdout)
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("dry-run output lacks %q:\n%s", want, r.Stdout)
 		}
 	}
 	round := wantRound(t, guestMAC, []string{"10.0.0.10", "fd00::10"}, 0)
 	kinds := []string{"rarp", "garp", "na"}
 	offsets := qemuOffsets(50*time.Millisecond, 100*time.Millisecond, 550*time.Millisecond, 5)
 	var n int
-	for _, line := range strings.Split(r.stdout, "\n") {
+	for _, line := range strings.Split(r.Stdout, "\n") {
 		m := planLine.FindStringSubmatch(line)
 		if m == nil {
 			continue
@@ -247,12 +248,12 @@ func TestDryRun(t *testing.T) {
 		}
 	}
 	if n != 15 {
-		t.Errorf("dry-run listed %d frames, want 15:\n%s", n, r.stdout)
+		t.Errorf("dry-run listed %d frames, want 15:\n%s", n, r.Stdout)
 	}
-	if a := announcements(sw.result(t), mustMAC(t, guestMAC)); len(a) != 0 {
+	if a := announcements(sw.Stop(t), mustMAC(t, guestMAC)); len(a) != 0 {
 		t.Errorf("dry-run sent %d frames:%s", len(a), describe(a))
 	}
-	if a := announcements(guest.result(t), mustMAC(t, guestMAC)); len(a) != 0 {
+	if a := announcements(guest.Stop(t), mustMAC(t, guestMAC)); len(a) != 0 {
 		t.Errorf("dry-run delivered %d frames to the guest:%s", len(a), describe(a))
 	}
 	if port := fdbPort(t, l.host, "br0", guestMAC); port != "up0" {

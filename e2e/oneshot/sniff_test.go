@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/selfannounce/selfannounce/announce/frame"
+	"github.com/selfannounce/selfannounce/internal/proctest"
 )
 
 // sniffLine is one announcement as `announce sniff` reports it, from
@@ -100,8 +101,8 @@ func byMAC(ls []sniffLine, mac string) []sniffLine {
 func TestSniff(t *testing.T) {
 	l := newLab(t)
 	l.teach(t, guestMAC)
-	js := start(t, l.sw, l.bin, "sniff", "--iface", "sw0", "--json")
-	plain := start(t, l.sw, l.bin, "sniff", "--iface", "sw0")
+	js := proctest.Start(t, l.sw, l.bin, "sniff", "--iface", "sw0", "--json")
+	plain := proctest.Start(t, l.sw, l.bin, "sniff", "--iface", "sw0")
 
 	const legacyMAC = "02:00:00:00:08:35"
 	legacy, err := frame.RARP(mustMAC(t, legacyMAC), 0)
@@ -114,9 +115,9 @@ func TestSniff(t *testing.T) {
 	eventually(t, 10*time.Second, func() error {
 		inject(t, l.host, "up0", legacy)
 		time.Sleep(50 * time.Millisecond)
-		if !strings.Contains(js.stdout.String(), `"rarp-0835"`) || !strings.Contains(plain.stdout.String(), " rarp-0835 ") {
+		if !strings.Contains(js.Stdout(), `"rarp-0835"`) || !strings.Contains(plain.Stdout(), " rarp-0835 ") {
 			return fmt.Errorf("sniffers did not report the legacy RARP; json: %q plain: %q; stderr: %s %s",
-				js.stdout.String(), plain.stdout.String(), js.stderr.String(), plain.stderr.String())
+				js.Stdout(), plain.Stdout(), js.Stderr(), plain.Stderr())
 		}
 		return nil
 	})
@@ -130,35 +131,35 @@ func TestSniff(t *testing.T) {
 	inject(t, l.host, "up0", tagged)
 
 	r := l.announce(t, "--vif", "vif3.0", "--mac", guestMAC, "--ip", "10.0.0.10", "--ip", "fd00::10")
-	if r.code != 0 {
-		t.Fatalf("announce exited %d: %s", r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("announce exited %d: %s", r.Code, r.Stderr)
 	}
 	eventually(t, 5*time.Second, func() error {
-		for _, p := range []*proc{js, plain} {
-			if n := strings.Count(p.stdout.String(), guestMAC); n < 15 {
-				return fmt.Errorf("sniffer printed %d lines for %s, want 15:\n%s", n, guestMAC, p.stdout.String())
+		for _, p := range []*proctest.Proc{js, plain} {
+			if n := strings.Count(p.Stdout(), guestMAC); n < 15 {
+				return fmt.Errorf("sniffer printed %d lines for %s, want 15:\n%s", n, guestMAC, p.Stdout())
 			}
 		}
 		return nil
 	})
-	jr, pr := js.signal(t, syscall.SIGTERM), plain.signal(t, syscall.SIGTERM)
+	jr, pr := signal(t, js, syscall.SIGTERM), signal(t, plain, syscall.SIGTERM)
 
 	// The tag crossed the wire intact: the kernel moved it to auxdata and
 	// the capture put it back.
-	if got := from(raw.result(t), mustMAC(t, taggedMAC)); len(got) != 1 || got[0].VLAN != 100 || !bytes.Equal(got[0].Data, tagged) {
+	if got := from(raw.Stop(t), mustMAC(t, taggedMAC)); len(got) != 1 || got[0].VLAN != 100 || !bytes.Equal(got[0].Data, tagged) {
 		t.Errorf("tagged GARP on the wire:%s\nwant vlan 100 %x", describe(got), tagged)
 	}
 
 	for _, c := range []struct {
 		form  string
-		r     result
+		r     proctest.Result
 		lines []sniffLine
 	}{
-		{"--json", jr, parseJSON(t, jr.stdout)},
-		{"plain", pr, parsePlain(t, pr.stdout)},
+		{"--json", jr, parseJSON(t, jr.Stdout)},
+		{"plain", pr, parsePlain(t, pr.Stdout)},
 	} {
-		if c.r.code != 0 || c.r.stderr != "" {
-			t.Errorf("sniff %s ended with exit %d, stderr %q; want 0 and nothing", c.form, c.r.code, c.r.stderr)
+		if c.r.Code != 0 || c.r.Stderr != "" {
+			t.Errorf("sniff %s ended with exit %d, stderr %q; want 0 and nothing", c.form, c.r.Code, c.r.Stderr)
 		}
 		want := []sniffLine{
 			{"sw0", "-", "rarp", guestMAC, "-"},

@@ -51,7 +51,7 @@ func TestOVSReactionLatency(t *testing.T) {
 		if len(fs) <= before {
 			t.Fatalf("rep %d: no frame within 3s of carrier", i)
 		}
-		wire = append(wire, fs[before].at.Sub(up))
+		wire = append(wire, fs[before].At.Sub(up))
 		// When OVS itself reported the carrier (link_state) to OVSDB, as
 		// the daemon's log stamps it: what readiness from OVSDB alone
 		// would cost.
@@ -82,19 +82,13 @@ func TestOVSReactionLatency(t *testing.T) {
 	}
 }
 
-func (d *daemonProc) lastTS(pred func(map[string]any) bool) (time.Time, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i := len(d.lines) - 1; i >= 0; i-- {
-		m := d.lines[i]
-		if m == nil || !pred(m) {
-			continue
-		}
-		s, _ := m["ts"].(string)
-		at, err := time.Parse(time.RFC3339Nano, s)
-		return at, err == nil
+func (d daemonProc) lastTS(pred func(map[string]any) bool) (time.Time, bool) {
+	ls := d.Logs(record(pred))
+	if len(ls) == 0 {
+		return time.Time{}, false
 	}
-	return time.Time{}, false
+	at := ls[len(ls)-1].At
+	return at, !at.IsZero()
 }
 
 func percentile(ds []time.Duration, p int) time.Duration {

@@ -49,14 +49,14 @@ func TestCarrierOnTaggedVif(t *testing.T) {
 		t.Fatalf("%d RARPs from %s on the trunk after carrier, want 5 (one QEMU-schedule burst)", len(fs), mac1)
 	}
 	for i, f := range fs {
-		if f.vlan != 5 {
-			t.Errorf("RARP %d left the trunk with VLAN %d, want 5", i, f.vlan)
+		if f.VLAN != 5 {
+			t.Errorf("RARP %d left the trunk with VLAN %d, want 5", i, f.VLAN)
 		}
-		if len(f.frame) != 60 || f.frame[0] != 0xff {
-			t.Errorf("RARP %d: %d bytes to %x, want QEMU's 60-byte broadcast", i, len(f.frame), f.frame[:6])
+		if len(f.Untagged()) != 60 || f.Data[0] != 0xff {
+			t.Errorf("RARP %d: %d bytes to %x, want QEMU's 60-byte broadcast", i, len(f.Untagged()), f.Data[:6])
 		}
 	}
-	t.Logf("first RARP on the trunk %v after carrier", fs[0].at.Sub(up))
+	t.Logf("first RARP on the trunk %v after carrier", fs[0].At.Sub(up))
 	if out := h.fdb(); !fdbHas(out, ofport, 5, mac1) {
 		t.Errorf("OVS FDB does not show %s on ofport %d VLAN 5:\n%s", mac1, ofport, out)
 	}
@@ -95,8 +95,8 @@ func TestOVSDBRestart(t *testing.T) {
 	if len(fs) == 0 {
 		t.Fatal("a port added after the ovsdb-server restart was not announced")
 	}
-	if fs[0].vlan != 7 {
-		t.Errorf("RARP left with VLAN %d, want 7", fs[0].vlan)
+	if fs[0].VLAN != 7 {
+		t.Errorf("RARP left with VLAN %d, want 7", fs[0].VLAN)
 	}
 	if out := h.fdb(); !fdbHas(out, ofport, 7, mac2) {
 		t.Errorf("OVS FDB does not show %s on ofport %d VLAN 7:\n%s", mac2, ofport, out)
@@ -126,7 +126,7 @@ func TestSwitchRestart(t *testing.T) {
 		t.Fatalf("%d frames re-announced an existing port after the ovs-vswitchd restart", len(fs))
 	}
 	h.addVif("vif2.0", 7, mac2, true)
-	if fs := rarps(cap.waitFrom(mac2, 1, 5*time.Second)); len(fs) == 0 || fs[0].vlan != 7 {
+	if fs := rarps(cap.waitFrom(mac2, 1, 5*time.Second)); len(fs) == 0 || fs[0].VLAN != 7 {
 		t.Fatalf("a port added after the ovs-vswitchd restart was not announced on VLAN 7 (%d frames)", len(fs))
 	}
 	if d.count(msgIs("OpenFlow session ended, reconnecting")) == 0 {
@@ -167,8 +167,8 @@ func TestOneShotOnOVSPort(t *testing.T) {
 		t.Errorf("%d frames from the guest, want 10 (5 rounds of RARP and GARP)", len(fs))
 	}
 	for _, f := range fs {
-		if f.vlan != 5 {
-			t.Errorf("frame left with VLAN %d, want 5", f.vlan)
+		if f.VLAN != 5 {
+			t.Errorf("frame left with VLAN %d, want 5", f.VLAN)
 		}
 	}
 	if out := h.fdb(); !fdbHas(out, ofport, 5, mac1) {

@@ -3,72 +3,12 @@
 package ovs_test
 
 import (
-	"bytes"
-	"errors"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/selfannounce/selfannounce/internal/proctest"
 )
-
-// oneShot is a running `announce --vif ... --wait-ready` in the OVS host's
-// namespace.
-type oneShot struct {
-	cmd    *exec.Cmd
-	stderr bytes.Buffer
-	done   chan struct{}
-	err    error
-}
-
-func startOneShot(t *testing.T, bin string, h *host, args ...string) *oneShot {
-	t.Helper()
-	o := &oneShot{done: make(chan struct{})}
-	o.cmd = h.ns.Cmd(bin, args...)
-	o.cmd.Stderr = &o.stderr
-	if err := o.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { o.err = o.cmd.Wait(); close(o.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-o.done:
-		default:
-			o.cmd.Process.Kill()
-			<-o.done
-		}
-	})
-	return o
-}
-
-func (o *oneShot) exited() bool {
-	select {
-	case <-o.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// wait returns the exit code, failing the test if the process outlives
-// timeout.
-func (o *oneShot) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-o.done:
-	case <-time.After(timeout):
-		t.Fatalf("announce still running after %v; stderr:\n%s", timeout, o.stderr.String())
-	}
-	var ee *exec.ExitError
-	switch {
-	case o.err == nil:
-		return 0
-	case errors.As(o.err, &ee):
-		return ee.ExitCode()
-	default:
-		t.Fatalf("announce: %v", o.err)
-		return -1
-	}
-}
 
 // The one-shot run by a hook at vif plug time, before the guest runs:
 // --wait-ready holds the burst until OVS has numbered the port and the VIF
@@ -80,19 +20,21 @@ func TestWaitReadyOVSCarrier(t *testing.T) {
 	ofport := h.addVif("vif1.0", 5, mac1, false)
 	cap := startCapture(t, h.sw, "sw0")
 
-	o := startOneShot(t, bin, h, "--vif", "vif1.0", "--wait-ready=10s", "--ip", "10.0.0.10",
+	o := proctest.Start(t, h.ns, bin, "--vif", "vif1.0", "--wait-ready=10s", "--ip", "10.0.0.10",
 		"--ovsdb", h.ovs.DBAddr(), "--config", h.config(""))
 	time.Sleep(time.Second)
-	if o.exited() {
-		t.Fatalf("announce exited before the VIF had carrier; stderr:\n%s", o.stderr.String())
+	select {
+	case <-o.Exited():
+		t.Fatalf("announce exited before the VIF had carrier; stderr:\n%s", o.Stderr())
+	default:
 	}
 	if fs := cap.from(mac1); len(fs) != 0 {
 		t.Fatalf("%d frames from the guest MAC left the trunk before carrier", len(fs))
 	}
 
 	up := h.carrierUp("vif1.0")
-	if code := o.wait(t, 10*time.Second); code != 0 {
-		t.Fatalf("exit %d, want 0; stderr:\n%s", code, o.stderr.String())
+	if r := o.Wait(t, 10*time.Second); r.Code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", r.Code, r.Stderr)
 	}
 	fs := cap.waitFrom(mac1, 10, 2*time.Second)
 	if n := len(rarps(fs)); n != 5 {
@@ -102,15 +44,15 @@ func TestWaitReadyOVSCarrier(t *testing.T) {
 		t.Errorf("%d frames from the guest MAC, want 10 (5 rounds of RARP and GARP)", len(fs))
 	}
 	for i, f := range fs {
-		if f.at.Before(up) {
-			t.Errorf("frame %d left %v before carrier", i, up.Sub(f.at))
+		if f.At.Before(up) {
+			t.Errorf("frame %d left %v before carrier", i, up.Sub(f.At))
 		}
-		if f.vlan != 5 {
-			t.Errorf("frame %d left the trunk with VLAN %d, want 5", i, f.vlan)
+		if f.VLAN != 5 {
+			t.Errorf("frame %d left the trunk with VLAN %d, want 5", i, f.VLAN)
 		}
 	}
 	if len(fs) > 0 {
-		t.Logf("first frame on the trunk %v after carrier", fs[0].at.Sub(up))
+		t.Logf("first frame on the trunk %v after carrier", fs[0].At.Sub(up))
 	}
 	if out := h.fdb(); !fdbHas(out, ofport, 5, mac1) {
 		t.Errorf("OVS FDB does not show %s on ofport %d VLAN 5:\n%s", mac1, ofport, out)
@@ -125,12 +67,9 @@ func TestWaitReadyOVSNoCarrier(t *testing.T) {
 	h.addVif("vif1.0", 5, mac1, false)
 	cap := startCapture(t, h.sw, "sw0")
 
-	start := time.Now()
-	o := startOneShot(t, bin, h, "--vif", "vif1.0", "--wait-ready=2s",
-		"--ovsdb", h.ovs.DBAddr(), "--config", h.config(""))
-	code := o.wait(t, 10*time.Second)
-	took := time.Since(start)
-	stderr := o.stderr.String()
+	r := proctest.Start(t, h.ns, bin, "--vif", "vif1.0", "--wait-ready=2s",
+		"--ovsdb", h.ovs.DBAddr(), "--config", h.config("")).Wait(t, 10*time.Second)
+	code, took, stderr := r.Code, r.Took, r.Stderr
 	if code != 1 {
 		t.Fatalf("exit %d, want 1; stderr:\n%s", code, stderr)
 	}

@@ -4,14 +4,14 @@ package qemu_test
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/proctest"
 )
 
 // fdbPort returns the port bridge br forwards mac to, "" when it has no
@@ -89,59 +89,28 @@ func waitForwarding(t *testing.T, ns *netlab.NS, dev string, timeout time.Durati
 }
 
 // daemonProc is `announce daemon` running inside a host's namespace.
-type daemonProc struct {
-	log      *lockedBuffer
-	watching chan struct{}
-	exited   chan struct{}
-}
-
-// watchWriter keeps the daemon's log and says when it is watching.
-type watchWriter struct {
-	*lockedBuffer
-	once     sync.Once
-	watching chan struct{}
-}
-
-func (w *watchWriter) Write(p []byte) (int, error) {
-	n, err := w.lockedBuffer.Write(p)
-	if strings.Contains(w.lockedBuffer.String(), `"msg":"watching"`) {
-		w.once.Do(func() { close(w.watching) })
-	}
-	return n, err
-}
+type daemonProc struct{ *proctest.Proc }
 
 // startDaemon runs the real binary with a JSON log and waits until it has
 // taken its initial view of the links and watches for changes.
 func startDaemon(t *testing.T, ns *netlab.NS, bin, cfg string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{log: &lockedBuffer{}, watching: make(chan struct{})}
-	cmd := ns.Cmd(bin, "--log-format", "json", "--log-level", "debug", "daemon", "--config", cfg, "--metrics-listen", "off")
-	w := &watchWriter{lockedBuffer: d.log, watching: d.watching}
-	cmd.Stdout, cmd.Stderr = w, w
-	exited, err := startPinned(cmd)
-	if err != nil {
-		t.Fatalf("start daemon: %v", err)
-	}
-	d.exited = exited
+	d := &daemonProc{proctest.Start(t, ns, bin, "--log-format", "json", "--log-level", "debug", "daemon", "--config", cfg, "--metrics-listen", "off")}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-d.exited
+		if errors.Is(d.Stop(5*time.Second), proctest.ErrKilled) {
 			t.Errorf("daemon ignored SIGTERM for 5 s")
 		}
 		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.log)
+			t.Logf("daemon log:\n%s", d.Output())
 		}
 	})
-	select {
-	case <-d.watching:
-	case <-d.exited:
-		t.Fatalf("daemon exited at start:\n%s", d.log)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("daemon not watching after 20 s:\n%s", d.log)
+	if len(d.WaitLogs(20*time.Second, 1, proctest.Msg("watching"))) == 0 {
+		select {
+		case <-d.Exited():
+			t.Fatalf("daemon exited at start:\n%s", d.Output())
+		default:
+			t.Fatalf("daemon not watching after 20 s:\n%s", d.Output())
+		}
 	}
 	return d
 }
@@ -149,11 +118,8 @@ func startDaemon(t *testing.T, ns *netlab.NS, bin, cfg string) *daemonProc {
 // bursts returns the daemon's "burst" log records.
 func (d *daemonProc) bursts() []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(d.log.String(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "burst" {
-			out = append(out, rec)
-		}
+	for _, l := range d.Logs(proctest.Msg("burst")) {
+		out = append(out, l.Fields)
 	}
 	return out
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/selfannounce/selfannounce/internal/netlab"
 	"github.com/selfannounce/selfannounce/internal/testbin"
 	"github.com/selfannounce/selfannounce/internal/testenv"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 const (
@@ -129,11 +130,11 @@ ovs:
 	}
 	quietEnd := time.Now()
 	quietFor := quietEnd.Sub(readyAt)
-	if fs := announcements(uplinkB.frames(false)); len(fs) > 0 {
+	if fs := announcements(uplinkB.Frames(nil)); len(fs) > 0 {
 		t.Fatalf("host B announced before the guest's first frame (tap ready %.0f ms, VM still incoming):%s",
 			ms(quietFor), describe(fs, readyAt))
 	}
-	if fs := tapB.frames(false); len(fs) > 0 {
+	if fs := tapB.Frames(nil); len(fs) > 0 {
 		t.Fatalf("frames entered host B from the incoming QEMU before migration:%s", describe(fs, readyAt))
 	}
 	if st, err := qb.status(); err != nil || st != "inmigrate" {
@@ -141,9 +142,9 @@ ovs:
 	}
 	// The guest has run on host A all along and said nothing of its own:
 	// only QEMU A's announce-self RARPs came out of its tap.
-	for _, f := range tapA.frames(false) {
-		if a, ok := f.announcement(); !ok || a.Kind != sniff.RARP || a.MAC.String() != guestMAC {
-			t.Fatalf("guest not silent on host A:%s", describe([]frameRec{f}, readyAt))
+	for _, f := range tapA.Frames(nil) {
+		if a, ok := f.Announcement(); !ok || a.Kind != sniff.RARP || a.MAC.String() != guestMAC {
+			t.Fatalf("guest not silent on host A:%s", describe([]wiretest.Frame{f}, readyAt))
 		}
 	}
 	if bs := dm.bursts(); len(bs) > 0 {
@@ -164,8 +165,8 @@ ovs:
 	// Both bursts take 800 ms on QEMU's schedule; allow for a loaded host,
 	// then a little more so extra frames would be seen too.
 	want := func() bool {
-		q := announcements(tapB.frames(false))
-		c := countKinds(announcements(uplinkB.frames(false)))
+		q := announcements(tapB.Frames(nil))
+		c := countKinds(announcements(uplinkB.Frames(nil)))
 		return len(q) > 0 && c[sniff.GARPRequest] >= daemonRounds && c[sniff.UnsolicitedNA] >= daemonRounds &&
 			c[sniff.RARP] >= len(q)+daemonRounds
 	}
@@ -175,22 +176,22 @@ ovs:
 	}
 	time.Sleep(1500 * time.Millisecond)
 
-	fromQEMU := tapB.frames(false)
-	onWire := uplinkB.frames(false)
+	fromQEMU := tapB.Frames(nil)
+	onWire := uplinkB.Frames(nil)
 	if len(fromQEMU) == 0 {
 		t.Fatalf("QEMU B sent nothing into its tap after the migration")
 	}
-	t0 := fromQEMU[0].at
+	t0 := fromQEMU[0].At
 	t.Logf("into tap vnet1 from QEMU B:%s", describe(fromQEMU, t0))
 	t.Logf("host B -> switch (pB ingress):%s", describe(onWire, t0))
 
 	// The guest is silent: everything QEMU B wrote into the tap is its
 	// announce-self RARP for the guest MAC.
-	qemuRARP := fromQEMU[0].data
+	qemuRARP := fromQEMU[0].Data
 	for _, f := range fromQEMU {
-		a, ok := f.announcement()
-		if !ok || a.Kind != sniff.RARP || a.MAC.String() != guestMAC || !bytes.Equal(f.data, qemuRARP) {
-			t.Fatalf("guest not silent: QEMU B sent a frame that is not its RARP:%s", describe([]frameRec{f}, t0))
+		a, ok := f.Announcement()
+		if !ok || a.Kind != sniff.RARP || a.MAC.String() != guestMAC || !bytes.Equal(f.Data, qemuRARP) {
+			t.Fatalf("guest not silent: QEMU B sent a frame that is not its RARP:%s", describe([]wiretest.Frame{f}, t0))
 		}
 	}
 	nQEMU := len(fromQEMU)
@@ -201,14 +202,14 @@ ovs:
 	// On the switch side: QEMU's RARPs forwarded by host B's bridge, plus
 	// the daemon's burst. Its RARP is byte-identical to QEMU's, so it shows
 	// only in the count; its GARP and NA are its own.
-	var rarps, garps, nas []frameRec
+	var rarps, garps, nas []wiretest.Frame
 	for _, f := range onWire {
-		a, ok := f.announcement()
+		a, ok := f.Announcement()
 		if !ok {
 			continue
 		}
-		if f.at.Before(t0) {
-			t.Errorf("host B announced %s %.3f ms before QEMU's first RARP entered the tap", a.Kind, ms(t0.Sub(f.at)))
+		if f.At.Before(t0) {
+			t.Errorf("host B announced %s %.3f ms before QEMU's first RARP entered the tap", a.Kind, ms(t0.Sub(f.At)))
 		}
 		if a.MAC.String() != guestMAC {
 			t.Errorf("announcement for a foreign MAC: %s %s %v", a.Kind, a.MAC, a.IP)
@@ -216,8 +217,8 @@ ovs:
 		}
 		switch {
 		case a.Kind == sniff.RARP:
-			if !bytes.Equal(f.data, qemuRARP) {
-				t.Errorf("RARP on the wire differs from QEMU's:\n got %x\nwant %x", f.data, qemuRARP)
+			if !bytes.Equal(f.Data, qemuRARP) {
+				t.Errorf("RARP on the wire differs from QEMU's:\n got %x\nwant %x", f.Data, qemuRARP)
 			}
 			rarps = append(rarps, f)
 		case a.Kind == sniff.GARPRequest && a.IP == netip.MustParseAddr(guestIP):
@@ -236,27 +237,27 @@ ovs:
 	// Each daemon round is RARP, GARP, NA back to back: its first frame is
 	// the RARP just before its first GARP, and a forwarded QEMU RARP comes
 	// before it.
-	firstGARP := garps[0].at
+	firstGARP := garps[0].At
 	var daemonFirst time.Time
 	before := 0
 	for _, f := range rarps {
-		if f.at.After(firstGARP) {
+		if f.At.After(firstGARP) {
 			break
 		}
-		daemonFirst = f.at
+		daemonFirst = f.At
 		before++
 	}
 	if before < 2 {
 		t.Fatalf("the daemon's first round did not follow a forwarded QEMU RARP (%d RARPs up to its first GARP)", before)
 	}
-	if nas[0].at.Before(firstGARP) {
+	if nas[0].At.Before(firstGARP) {
 		t.Errorf("daemon's first NA preceded its first GARP")
 	}
 	latency := daemonFirst.Sub(t0)
 	t.Logf("reaction latency: daemon's first frame left %.3f ms after QEMU's first RARP entered the tap (first GARP at +%.3f ms)",
 		ms(latency), ms(firstGARP.Sub(t0)))
 	t.Logf("QEMU RARP offsets (ms): %s", offsets(fromQEMU, t0))
-	t.Logf("daemon GARP offsets from its first (ms): %s", offsets(garps, garps[0].at))
+	t.Logf("daemon GARP offsets from its first (ms): %s", offsets(garps, garps[0].At))
 	if latency <= 0 || latency > 2*time.Second {
 		t.Errorf("reaction latency %v out of bounds", latency)
 	}
@@ -314,33 +315,33 @@ func waitStatus(t *testing.T, v *vm, want string, timeout time.Duration) {
 	}
 }
 
-func announcements(fs []frameRec) []frameRec {
-	var out []frameRec
+func announcements(fs []wiretest.Frame) []wiretest.Frame {
+	var out []wiretest.Frame
 	for _, f := range fs {
-		if _, ok := f.announcement(); ok {
+		if _, ok := f.Announcement(); ok {
 			out = append(out, f)
 		}
 	}
 	return out
 }
 
-func countKinds(fs []frameRec) map[sniff.Kind]int {
+func countKinds(fs []wiretest.Frame) map[sniff.Kind]int {
 	c := map[sniff.Kind]int{}
 	for _, f := range fs {
-		if a, ok := f.announcement(); ok && a.MAC.String() == guestMAC {
+		if a, ok := f.Announcement(); ok && a.MAC.String() == guestMAC {
 			c[a.Kind]++
 		}
 	}
 	return c
 }
 
-func offsets(fs []frameRec, t0 time.Time) string {
+func offsets(fs []wiretest.Frame, t0 time.Time) string {
 	s := ""
 	for i, f := range fs {
 		if i > 0 {
 			s += " "
 		}
-		s += fmt.Sprintf("%.1f", ms(f.at.Sub(t0)))
+		s += fmt.Sprintf("%.1f", ms(f.At.Sub(t0)))
 	}
 	return s
 }

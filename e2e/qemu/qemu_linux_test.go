@@ -3,7 +3,6 @@
 package qemu_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 	"time"
 
 	"github.com/selfannounce/selfannounce/internal/netlab"
+	"github.com/selfannounce/selfannounce/internal/proctest"
 )
 
 // vm is one QEMU process: a diskless q35 guest whose only device is a
@@ -31,52 +30,8 @@ type vm struct {
 	cmd     *exec.Cmd
 	qmpPath string
 	pidFile string
-	out     *lockedBuffer
-	exited  chan struct{}
+	proc    *proctest.Proc
 	qmp     *qmpConn
-}
-
-// startPinned starts cmd so that it is killed should the test process die
-// before its cleanups run (a -timeout panic). The kernel sends the death
-// signal when the forking thread exits, not the process, and netlab's Do
-// retires threads; so the fork happens on a thread locked until cmd exits.
-// `ip netns exec` execs its command in place, and the signal survives exec.
-func startPinned(cmd *exec.Cmd) (exited chan struct{}, err error) {
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	exited = make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(exited)
-	}()
-	return exited, <-started
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startVM runs QEMU inside ns with its NIC on tap. extra is appended to the
@@ -88,7 +43,6 @@ func startVM(t *testing.T, ns *netlab.NS, dir, name, tap string, extra ...string
 		name:    name,
 		qmpPath: filepath.Join(dir, name+".qmp"),
 		pidFile: filepath.Join(dir, name+".pid"),
-		out:     &lockedBuffer{},
 	}
 	args := []string{
 		"-name", name,
@@ -100,12 +54,7 @@ func startVM(t *testing.T, ns *netlab.NS, dir, name, tap string, extra ...string
 	}
 	args = append(args, extra...)
 	v.cmd = ns.Cmd("qemu-system-x86_64", args...)
-	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
-	exited, err := startPinned(v.cmd)
-	if err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	v.exited = exited
+	v.proc = proctest.StartCmd(t, v.cmd)
 	t.Cleanup(func() { v.stop(t) })
 
 	deadline := time.Now().Add(30 * time.Second)
@@ -116,12 +65,12 @@ func startVM(t *testing.T, ns *netlab.NS, dir, name, tap string, extra ...string
 			return v
 		}
 		select {
-		case <-v.exited:
-			t.Fatalf("%s exited at start: %v\n%s", name, v.cmd.ProcessState, v.out)
+		case <-v.proc.Exited():
+			t.Fatalf("%s exited at start: %v\n%s", name, v.cmd.ProcessState, v.proc.Output())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: QMP not reachable: %v\n%s", name, err, v.out)
+			t.Fatalf("%s: QMP not reachable: %v\n%s", name, err, v.proc.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -143,12 +92,12 @@ func (v *vm) stop(t *testing.T) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	select {
-	case <-v.exited:
+	case <-v.proc.Exited():
 	case <-time.After(10 * time.Second):
 		t.Errorf("%s (pid %d) did not exit after SIGKILL", v.name, pids[0])
 	}
 	if t.Failed() {
-		if s := strings.TrimSpace(v.out.String()); s != "" {
+		if s := strings.TrimSpace(v.proc.Output()); s != "" {
 			t.Logf("%s output:\n%s", v.name, s)
 		}
 	}

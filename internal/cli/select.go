@@ -91,7 +91,6 @@ func (o *oneShot) onePerMAC(ts []target) []target {
 // (0x7ff0) on, ids are Xen's own.
 const xenDomidMax = 0x7fef
 
-
 func xenErr(err error) error {
 	if errors.Is(err, resolve.ErrUnknownDomain) {
 		return withCode(ExitUnknown, err)

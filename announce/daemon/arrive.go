@@ -151,13 +151,19 @@ func (dm *Daemon) hostMACs(mac net.HardwareAddr) []net.HardwareAddr {
 }
 
 // bridgeTable is the part of the link table a Linux-bridge port's path is
-// resolved from: the port, its bridge and the bridge's other ports.
+// resolved from: the port, its bridge and the bridge's other ports. It is
+// built in dm.table, reused from one arrival to the next (under dm.mu): with
+// hundreds of ports on a bridge a fresh copy per arrival was most of what an
+// arrival allocated, and the garbage collections it caused landed on later
+// arrivals' latency.
 func (dm *Daemon) bridgeTable(p *port) []linuxbr.TableLink {
+	out := dm.table[:0]
+	defer func() { dm.table = out }()
 	l, ok := dm.links[p.ifindex]
 	if !ok {
-		return nil
+		return out
 	}
-	out := []linuxbr.TableLink{tableLink(l)}
+	out = append(out, tableLink(l))
 	if l.Master == 0 {
 		return out
 	}

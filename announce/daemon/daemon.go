@@ -31,7 +31,9 @@ type Planner interface {
 // LinkTablePlanner is a Planner that can resolve a Linux-bridge port's path
 // from links the daemon already holds, rather than asking the OS again on
 // the arrival's critical path. links are the port, its bridge and the
-// bridge's other ports, as the latest rtnetlink events described them.
+// bridge's other ports, as the latest rtnetlink events described them; the
+// slice is the daemon's and valid only during the call (the plan may keep
+// copies of its elements, not the slice).
 type LinkTablePlanner interface {
 	PlanLinks(links []linuxbr.TableLink, port string, g announce.Guest) (*plan.Plan, error)
 }
@@ -123,6 +125,8 @@ type Daemon struct {
 	afterFunc func(time.Duration, func()) stopper
 	// ovsPorts is OVSDB's view, by interface name (see ovs.go).
 	ovsPorts map[string]ovs.Port
+	// table is bridgeTable's buffer.
+	table []linuxbr.TableLink
 }
 
 // New returns a daemon that acts on cfg.

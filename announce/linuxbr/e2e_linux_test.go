@@ -496,3 +496,39 @@ func TestE2ERepairFDBDumpFallback(t *testing.T) {
 		t.Errorf("bridge MAC: %v, want ErrHostOwnedMAC", err)
 	}
 }
+
+// An FDB keeps its socket between repairs, never the table: an entry the
+// bridge learns between two repairs is seen by the second.
+func TestE2EFDBKeepsNoState(t *testing.T) {
+	l := newLab(t)
+	m := net.HardwareAddr{0x52, 0x54, 0x00, 0x5a, 0x11, 0x05}
+	var p *Path
+	if err := inNS(t, l.host, func(h Host) (err error) {
+		p, err = Resolve(h, "vif1.0", nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var f FDB
+	defer f.Close()
+	repair := func(mac net.HardwareAddr) (changed bool, err error) {
+		err = l.host.Do(func() (err error) {
+			changed, err = f.Repair(context.Background(), p, mac)
+			return err
+		})
+		return changed, err
+	}
+	if changed, err := repair(m); err != nil || changed {
+		t.Fatalf("repair with nothing learned: changed=%v err=%v", changed, err)
+	}
+	if _, err := repair(p.Bridge.MAC); !errors.Is(err, ErrHostOwnedMAC) {
+		t.Fatalf("bridge MAC: %v, want ErrHostOwnedMAC", err)
+	}
+	l.host.MustRun(t, "bridge", "fdb", "add", m.String(), "dev", "up0", "master", "dynamic")
+	if changed, err := repair(m); err != nil || !changed {
+		t.Fatalf("repair after learning: changed=%v err=%v", changed, err)
+	}
+	if ents := fdbFor(showFDB(t, l.host), m); len(ents) != 1 || ents[0].dev != "vif1.0" {
+		t.Fatalf("FDB holds %+v for %s, want one entry on vif1.0", ents, m)
+	}
+}

@@ -2,8 +2,11 @@ package linuxbr
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
+	"time"
 
 	"github.com/selfannounce/selfannounce/announce"
 )
@@ -37,12 +40,86 @@ func RepairFDB(ctx context.Context, p *Path, mac net.HardwareAddr) (changed bool
 	if err := checkRepair(p, mac); err != nil {
 		return false, err
 	}
-	ops, err := dialFDB(ctx)
+	c, err := dialFDB()
 	if err != nil {
 		return false, err
 	}
-	defer ops.Close()
-	return repairFDB(ctx, ops, p, mac)
+	defer c.Close()
+	if err := c.setDeadline(ctxDeadline(ctx)); err != nil {
+		return false, err
+	}
+	return repairFDB(ctx, c, p, mac)
+}
+
+// FDB repairs as RepairFDB does, over one rtnetlink socket kept between
+// repairs: a daemon repairs on every arrival, and opening a socket each time
+// cost as much as the repair. It keeps no FDB state, only the socket, which
+// belongs to the network namespace of the thread of the first repair; after
+// an error the next repair opens a fresh one. The zero FDB is ready to use
+// and safe for concurrent use.
+type FDB struct {
+	mu sync.Mutex
+	c  fdbConn
+}
+
+// Repair is RepairFDB over f's socket.
+func (f *FDB) Repair(ctx context.Context, p *Path, mac net.HardwareAddr) (changed bool, err error) {
+	if err := checkRepair(p, mac); err != nil {
+		return false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.c == nil {
+		if f.c, err = dialFDB(); err != nil {
+			return false, err
+		}
+	}
+	if err := f.c.setDeadline(ctxDeadline(ctx)); err != nil {
+		f.drop()
+		return false, err
+	}
+	changed, err = repairFDB(ctx, f.c, p, mac)
+	if err != nil && !errors.Is(err, ErrHostOwnedMAC) {
+		// A reply cut short by the deadline may still be queued.
+		f.drop()
+		return changed, err
+	}
+	// A deadline left set arms a runtime timer that would wake the idle
+	// daemon when it expires.
+	if derr := f.c.setDeadline(time.Time{}); derr != nil {
+		f.drop()
+	}
+	return changed, err
+}
+
+// Close releases the socket.
+func (f *FDB) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.c == nil {
+		return nil
+	}
+	err := f.c.Close()
+	f.c = nil
+	return err
+}
+
+func (f *FDB) drop() {
+	f.c.Close()
+	f.c = nil
+}
+
+// fdbConn is fdbOps over a socket.
+type fdbConn interface {
+	fdbOps
+	// setDeadline bounds every later request; zero means none.
+	setDeadline(t time.Time) error
+	Close() error
+}
+
+func ctxDeadline(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
 }
 
 func checkRepair(p *Path, mac net.HardwareAddr) error {

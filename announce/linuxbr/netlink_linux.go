@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -116,21 +117,16 @@ type nlFDB struct {
 	c *netlink.Conn
 }
 
-func dialFDB(ctx context.Context) (*nlFDB, error) {
+func dialFDB() (fdbConn, error) {
 	c, err := dialRoute()
 	if err != nil {
 		return nil, err
 	}
-	if d, ok := ctx.Deadline(); ok {
-		if err := c.SetDeadline(d); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
 	return &nlFDB{c: c}, nil
 }
 
-func (n *nlFDB) Close() error { return n.c.Close() }
+func (n *nlFDB) Close() error                  { return n.c.Close() }
+func (n *nlFDB) setDeadline(t time.Time) error { return n.c.SetDeadline(t) }
 
 // noFDBGet is set once the kernel has refused a single-entry FDB get:
 // kernels before 4.20 (XenServer 8's dom0 runs 4.19) have no

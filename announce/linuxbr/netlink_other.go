@@ -3,9 +3,9 @@
 package linuxbr
 
 import (
-	"context"
 	"errors"
 	"net"
+	"time"
 )
 
 var errNotLinux = errors.New("Linux bridges exist only on Linux")
@@ -16,8 +16,9 @@ func NewHost(sysRoot string) Host { return &SysfsHost{Root: sysRoot} }
 
 type noFDB struct{}
 
-func dialFDB(context.Context) (*noFDB, error) { return nil, errNotLinux }
-func (*noFDB) Close() error                   { return nil }
+func dialFDB() (fdbConn, error)            { return nil, errNotLinux }
+func (*noFDB) Close() error                { return nil }
+func (*noFDB) setDeadline(time.Time) error { return nil }
 func (*noFDB) lookup(int, net.HardwareAddr, uint16) (fdbEntry, bool, error) {
 	return fdbEntry{}, false, errNotLinux
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -43,6 +44,10 @@ type Linux struct {
 	Host    linuxbr.Host
 	Sender  send.Sender
 	VMPorts []string
+	// RepairFDB repairs the bridge's forwarding database; nil means
+	// linuxbr.RepairFDB (a socket per repair; a daemon passes a
+	// linuxbr.FDB's Repair to keep one).
+	RepairFDB func(ctx context.Context, p *linuxbr.Path, mac net.HardwareAddr) (bool, error)
 }
 
 // Plan resolves the path out of port's bridge and builds one round per
@@ -83,7 +88,11 @@ func (l *Linux) FromPath(p *linuxbr.Path, g announce.Guest) (*Plan, error) {
 	}
 	path := p
 	mac := g.MAC
-	pl.Repair = func(ctx context.Context) (bool, error) { return linuxbr.RepairFDB(ctx, path, mac) }
+	repair := l.RepairFDB
+	if repair == nil {
+		repair = linuxbr.RepairFDB
+	}
+	pl.Repair = func(ctx context.Context) (bool, error) { return repair(ctx, path, mac) }
 	return pl, nil
 }
 

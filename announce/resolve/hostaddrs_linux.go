@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"sync"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -128,10 +130,61 @@ func SystemHostIPs(ctx context.Context) ([]netip.Addr, error) {
 		return nil, err
 	}
 	defer c.Close()
-	if d, ok := ctx.Deadline(); ok {
-		if err := c.SetDeadline(d); err != nil {
+	return dumpAddrs(ctx, c)
+}
+
+// HostIPLister lists the host's addresses as SystemHostIPs does, over one
+// rtnetlink socket kept between calls: the daemon asks on every arrival, and
+// opening and closing a socket cost more than the dump. The socket belongs
+// to the network namespace of the thread that first lists; after an error
+// the next call opens a fresh one. Safe for concurrent use.
+type HostIPLister struct {
+	mu sync.Mutex
+	c  *netlink.Conn
+}
+
+// List dumps the addresses now; nothing is remembered between calls.
+func (h *HostIPLister) List(ctx context.Context) ([]netip.Addr, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.c == nil {
+		c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
+		if err != nil {
 			return nil, err
 		}
+		h.c = c
+	}
+	ips, err := dumpAddrs(ctx, h.c)
+	// A deadline left set arms a runtime timer that would wake the idle
+	// daemon when it expires.
+	if err == nil {
+		err = h.c.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		// A reply cut short by the deadline may still be queued.
+		h.c.Close()
+		h.c = nil
+		return nil, err
+	}
+	return ips, nil
+}
+
+// Close releases the socket.
+func (h *HostIPLister) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.c == nil {
+		return nil
+	}
+	err := h.c.Close()
+	h.c = nil
+	return err
+}
+
+func dumpAddrs(ctx context.Context, c *netlink.Conn) ([]netip.Addr, error) {
+	d, _ := ctx.Deadline() // zero: none
+	if err := c.SetDeadline(d); err != nil {
+		return nil, err
 	}
 	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_GETADDR, Flags: netlink.Request | netlink.Dump},

@@ -81,3 +81,36 @@ ip addr add 203.0.113.1 peer 203.0.113.2 dev uplink0
 		t.Errorf("MACs %v: want exactly uplink0 and br0 (lo has none)", macs)
 	}
 }
+
+// The lister keeps its socket, never its answer: an address added between
+// two calls is in the second.
+func TestHostIPListerSeesNewAddresses(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommands(t, "ip")
+	ns := netlab.TestNS(t, "hostips")
+	ns.MustRun(t, "ip", "link", "set", "lo", "up")
+	var h resolve.HostIPLister
+	defer h.Close()
+	list := func() map[string]bool {
+		t.Helper()
+		var ips []netip.Addr
+		if err := ns.Do(func() (err error) {
+			ips, err = h.List(context.Background())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		has := map[string]bool{}
+		for _, ip := range ips {
+			has[ip.String()] = true
+		}
+		return has
+	}
+	if has := list(); !has["127.0.0.1"] || has["192.0.2.77"] {
+		t.Fatalf("first list %v: want 127.0.0.1 and not 192.0.2.77", has)
+	}
+	ns.MustRun(t, "ip", "addr", "add", "192.0.2.77/32", "dev", "lo")
+	if has := list(); !has["192.0.2.77"] {
+		t.Fatalf("second list %v misses the address just added", has)
+	}
+}

@@ -41,6 +41,10 @@ func probeSteps(port string, mac net.HardwareAddr, reps int) ([]stepCost, error)
 	if err != nil {
 		return nil, err
 	}
+	var ips resolve.HostIPLister
+	defer ips.Close()
+	var fdb linuxbr.FDB
+	defer fdb.Close()
 	var p *linuxbr.Path
 	steps := []struct {
 		name string
@@ -51,15 +55,15 @@ func probeSteps(port string, mac net.HardwareAddr, reps int) ([]stepCost, error)
 		{"rtnetlink link dump with statistics (what net.Interfaces asks for)", func() error { return linkDump(false) }},
 		{"rtnetlink link dump, RTEXT_FILTER_SKIP_STATS", func() error { return linkDump(true) }},
 		{"host-owned MACs and addresses (resolve.SystemHostAddrs.Owned: link and address dumps; the one-shot's)", func() error { _, _, err := h.Owned(context.Background()); return err }},
-		{"host addresses (resolve.SystemHostIPs: address dump only; the daemon's, which takes MACs from its link table)", func() error { _, err := resolve.SystemHostIPs(context.Background()); return err }},
+		{"host addresses (resolve.HostIPLister: address dump on a kept socket; the daemon's, which takes MACs from its link table)", func() error { _, err := ips.List(context.Background()); return err }},
 		{"bridge path (linuxbr.Resolve via sysfs; the one-shot's)", func() (err error) { p, err = linuxbr.Resolve(host, port, nil); return err }},
 		{"bridge path (linuxbr.Resolve over the daemon's link table, sysfs vlan_filtering)", func() (err error) {
 			th := &linuxbr.TableHost{Links: bridgeTable(links, port), Filtering: linuxbr.SysfsVLANFiltering("/sys"), VLANTables: linuxbr.NetlinkVLANTables}
 			p, err = linuxbr.Resolve(th, port, nil)
 			return err
 		}},
-		{"FDB repair (linuxbr.RepairFDB: one FDB entry get)", func() error {
-			_, err := linuxbr.RepairFDB(context.Background(), p, mac)
+		{"FDB repair (linuxbr.FDB.Repair: one FDB entry get on a kept socket)", func() error {
+			_, err := fdb.Repair(context.Background(), p, mac)
 			return err
 		}},
 	}

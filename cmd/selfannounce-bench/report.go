@@ -147,6 +147,12 @@ func (r *report) markdown(o *options) string {
 			w("\n")
 		}
 	}
+	noCarrier := func(l *latencyRun) {
+		if l.noCarrier > 0 {
+			w("%d of the %d tries are left out: the kernel reported no carrier on their vif within 2 s of the link-up request, "+
+				"so nothing arrived, for the daemon or the bench.\n\n", l.noCarrier, l.reps)
+		}
+	}
 	latencyTable := func(title string, l *latencyRun) {
 		w("%s\n\n| | n | missed | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|---|\n", title)
 		w("| kernel carrier event → first frame | %d | %d | %s | %s | %s | %s |\n", len(l.lat), l.missed,
@@ -158,6 +164,7 @@ func (r *report) markdown(o *options) string {
 		latencyTable("#### Reaction latency: selfannounce daemon", l)
 		w("%d arrivals, one at a time over distinct vifs, %v apart; each vif's carrier is dropped after its first frame (which ends its burst). "+
 			"Daemon CPU over the series: %.3f s (%d ticks).\n\n", l.reps, l.gap, float64(l.cpuNS)/1e9, l.ticks)
+		noCarrier(l)
 	}
 	if a := r.arrivals; a != nil {
 		w("#### %d arrivals at once\n\n", a.n)
@@ -195,6 +202,7 @@ func (r *report) markdown(o *options) string {
 	}
 	if l := r.baseline; l != nil {
 		latencyTable("#### Baseline: `ip monitor link` + `arping` per event", l)
+		noCarrier(l)
 		w("The script, run in the host namespace (iputils `arping`):\n\n```sh\n%s\n```\n\n", r.baselineScript)
 	}
 	return b.String()

@@ -112,13 +112,19 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	engine := burst.New(cfg.Rate, m)
 	defer engine.Close()
 
+	// One rtnetlink socket each for the FDB repairs and the address dumps
+	// of every arrival; they keep no kernel state between arrivals.
+	fdb := &linuxbr.FDB{}
+	defer fdb.Close()
+	hostIPs := &resolve.HostIPLister{}
+	defer hostIPs.Close()
 	res := &reloadable{}
 	res.set(cfg)
 	defer res.close()
 	dm := daemon.New(cfg, daemon.Deps{
 		Log:     log,
 		Engine:  engine,
-		Linux:   &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys")},
+		Linux:   &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys"), fdb: fdb},
 		Metrics: m,
 		Resolve: func(ctx context.Context, port string) (announce.Guest, bool, error) {
 			g, ok, errs := res.get().Resolve(ctx, port)
@@ -127,7 +133,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 			}
 			return g, ok, nil
 		},
-		HostIPs:      resolve.SystemHostIPs,
+		HostIPs:      hostIPs.List,
 		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },
 	})
 	defer dm.Close()
@@ -212,10 +218,11 @@ type linuxPlanner struct {
 	cfg    *reloadable
 	sender send.Sender
 	host   linuxbr.Host
+	fdb    *linuxbr.FDB
 }
 
 func (l *linuxPlanner) Plan(port string, g announce.Guest) (*plan.Plan, error) {
-	lp := plan.Linux{Host: l.host, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts}
+	lp := plan.Linux{Host: l.host, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts, RepairFDB: l.fdb.Repair}
 	return lp.Plan(port, g)
 }
 
@@ -224,6 +231,6 @@ func (l *linuxPlanner) Plan(port string, g announce.Guest) (*plan.Plan, error) {
 // VLAN table when the bridge filters.
 func (l *linuxPlanner) PlanLinks(links []linuxbr.TableLink, port string, g announce.Guest) (*plan.Plan, error) {
 	h := &linuxbr.TableHost{Links: links, Filtering: linuxbr.SysfsVLANFiltering("/sys"), VLANTables: linuxbr.NetlinkVLANTables}
-	lp := plan.Linux{Host: h, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts}
+	lp := plan.Linux{Host: h, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts, RepairFDB: l.fdb.Repair}
 	return lp.Plan(port, g)
 }

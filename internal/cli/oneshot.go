@@ -387,7 +387,7 @@ func (o *oneShot) plan(ctx context.Context, lp *plan.Linux, cfg *config.Config, 
 }
 
 func (o *oneShot) resolve(ctx context.Context, cfg *config.Config, port string) (announce.Guest, error) {
-	chain := resolverChain(cfg, nil)
+	chain := resolverChain(cfg)
 	defer chain.close()
 	g, ok, errs := chain.Resolve(ctx, port)
 	g, ok = ovsGuest(ctx, cfg, port, g, ok)

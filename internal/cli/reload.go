@@ -24,7 +24,7 @@ func (r *reloadable) set(c *config.Config) {
 	if r.r != nil {
 		r.r.close()
 	}
-	r.c, r.r = c, resolverChain(c, nil)
+	r.c, r.r = c, resolverChain(c)
 }
 
 func (r *reloadable) get() *resolvers {

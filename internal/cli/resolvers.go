@@ -19,7 +19,7 @@ type resolvers struct {
 	xen   *lazyXen
 }
 
-func resolverChain(cfg *config.Config, _ any) *resolvers {
+func resolverChain(cfg *config.Config) *resolvers {
 	var static []resolve.StaticEntry
 	for _, g := range cfg.Guests {
 		static = append(static, resolve.StaticEntry{Port: g.Port, MAC: g.MAC, IPs: g.IPs})

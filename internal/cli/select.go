@@ -130,7 +130,7 @@ func (o *oneShot) selectLibvirt(ctx context.Context, cfg *config.Config) ([]targ
 	}
 	// Addresses, where libvirt has any, come from the resolvers (config,
 	// live XML) with the MAC libvirt gave.
-	chain := resolverChain(cfg, nil)
+	chain := resolverChain(cfg)
 	defer chain.close()
 	for i := range ts {
 		if ts[i].known {

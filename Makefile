@@ -7,11 +7,12 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/selfannounce/selfannounce/internal/cli.Version=$(VERSION)
 export CGO_ENABLED ?= 0
+.DEFAULT_GOAL := build
 
 .PHONY: all build deps deps-lab lab test unit race vet fmt-check fuzz bench clean
 
 # Debian packages the lab and the tests run on. Installed only when missing.
-LAB_PKGS  := iproute2 iputils-ping
+LAB_PKGS  := iproute2 iputils-ping $(if $(findstring --ovs,$(LAB_FLAGS)),openvswitch-switch)
 TEST_PKGS := $(LAB_PKGS) qemu-system-x86 openvswitch-switch libvirt-daemon libvirt-clients \
 	libvirt-daemon-driver-qemu libcap2-bin iputils-arping rpm man-db dpkg-dev strace curl systemd
 define apt_install
@@ -36,8 +37,9 @@ build:
 
 # The main job: a silent VM migrates between two hosts in network
 # namespaces, without and with selfannounce.
+# LAB_FLAGS=--ovs runs the same migration between Open vSwitch hosts.
 lab: deps-lab build
-	$(BIN)/selfannounce-lab --announce $(BIN)/announce
+	$(BIN)/selfannounce-lab --announce $(BIN)/announce $(LAB_FLAGS)
 
 # Every test. End-to-end tests need root; SELFANNOUNCE_E2E=require (CI) makes
 # a skipped one fail.

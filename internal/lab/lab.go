@@ -323,6 +323,8 @@ type Result struct {
 	Lost   int           `json:"lost"`
 	Outage time.Duration `json:"outage_ns"` // longest time between two consecutive replies, less one interval
 	Missed []int         `json:"-"`
+	// Ongoing: the guest was still unreachable when pinging stopped.
+	Ongoing bool `json:"ongoing"`
 }
 
 // Wait waits for ping to finish and summarises.
@@ -358,6 +360,7 @@ func (p *Pinger) Wait(ctx context.Context) (Result, error) {
 		worst = max(worst, run)
 	}
 	res.Outage = time.Duration(worst) * p.interval
+	res.Ongoing = p.sent > 0 && !seen[p.sent]
 	return res, nil
 }
 
@@ -371,10 +374,11 @@ type Report struct {
 
 func (r Report) String() string {
 	outage := r.Outage.String()
-	if r.Sent > 0 && r.Lost >= r.Sent-1 {
-		outage = "≥ whole run"
+	if r.Ongoing {
+		// The switch keeps the stale entry for its 300 s ageing time.
+		outage = "≥" + r.Outage.String() + ", ongoing"
 	}
-	return fmt.Sprintf("%-22s sent %4d  lost %4d (%5.1f%%)  outage %-12s switch: guest MAC on %-20s host B bridge: guest MAC on %s",
+	return fmt.Sprintf("%-22s sent %4d  lost %4d (%5.1f%%)  outage %-16s switch: guest MAC on %-20s host B bridge: guest MAC on %s",
 		r.Scenario, r.Sent, r.Lost, 100*float64(r.Lost)/math.Max(1, float64(r.Sent)), outage, r.SwitchPort, orNone(r.HostBPort))
 }
 

@@ -182,21 +182,27 @@ func (dm *Daemon) Initial(links []netwatch.Link) {
 		if p == nil {
 			continue
 		}
-		p.ready = dm.linuxReady(l)
-		if p.ready {
-			p.readyAt = now
-			if dm.cfg.AnnounceExisting && p.trigger != config.TriggerManual {
-				dm.arrive(p, byExisting, now)
-			} else {
-				p.announced = true
-			}
-			continue
-		}
-		if p.trigger == config.TriggerGuestFrame {
-			dm.startListening(p)
-		}
+		dm.atStart(p, dm.linuxReady(l), now)
 	}
 	dm.gaugePorts()
+}
+
+// atStart settles a port found at start-up. A ready one is taken as already
+// announced (a restart must never storm) unless announce-existing is set,
+// and needs no guest-frame listener until it leaves; track opened one for
+// the others.
+func (dm *Daemon) atStart(p *port, ready bool, now time.Time) {
+	p.ready = ready
+	if !ready {
+		return
+	}
+	p.readyAt = now
+	if dm.cfg.AnnounceExisting && p.trigger != config.TriggerManual {
+		dm.arrive(p, byExisting, now)
+		return
+	}
+	p.announced = true
+	dm.stopListening(p)
 }
 
 // Link handles one rtnetlink event.

@@ -60,17 +60,7 @@ func (dm *Daemon) OVSInitial(ports []ovs.Port) {
 		if p == nil {
 			continue
 		}
-		p.ready = dm.ovsReady(op)
-		if !p.ready {
-			continue
-		}
-		p.readyAt = now
-		if dm.cfg.AnnounceExisting && p.trigger != config.TriggerManual {
-			dm.arrive(p, byExisting, now)
-		} else {
-			p.announced = true
-			dm.stopListening(p)
-		}
+		dm.atStart(p, dm.ovsReady(op), now)
 	}
 	dm.gaugePorts()
 }

@@ -92,6 +92,11 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer log.Sync()
+	// Caught from the start: a SIGHUP during start-up must not kill the
+	// daemon (it is handled once running), nor a SIGTERM skip the cleanup.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigs)
 	cfg, err := d.load(cmd)
 	if err != nil {
 		return usageErr("%v", err)
@@ -177,9 +182,6 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 		defer t.Stop()
 		wdC = t.C
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
-	defer signal.Stop(sigs)
 	for {
 		select {
 		case <-wdC:

@@ -188,9 +188,9 @@ func (dm *Daemon) Initial(links []netwatch.Link) {
 }
 
 // atStart settles a port found at start-up. A ready one is taken as already
-// announced (a restart must never storm) unless announce-existing is set,
-// and needs no guest-frame listener until it leaves; track opened one for
-// the others.
+// announced (a restart must never storm) unless announce-existing is set.
+// The guest-frame listener track opened stays: the running guest's first
+// frame consumes it without effect.
 func (dm *Daemon) atStart(p *port, ready bool, now time.Time) {
 	p.ready = ready
 	if !ready {
@@ -202,7 +202,6 @@ func (dm *Daemon) atStart(p *port, ready bool, now time.Time) {
 		return
 	}
 	p.announced = true
-	dm.stopListening(p)
 }
 
 // Link handles one rtnetlink event.

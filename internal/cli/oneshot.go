@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path"
@@ -375,9 +377,10 @@ func (o *oneShot) plan(ctx context.Context, lp *plan.Linux, cfg *config.Config, 
 	if err != nil {
 		return nil, runtimeErr(fmt.Errorf("listing this host's addresses: %w", err))
 	}
+	mac := g.MAC
 	g, err = resolve.DropHostOwned(g, macs, ips)
 	if err != nil {
-		return nil, runtimeErr(err)
+		return nil, runtimeErr(fmt.Errorf("port %s: %v%s", t.port, err, ownerOf(mac)))
 	}
 	pl, err := o.planPath(ctx, lp, cfg, t.port, g)
 	if err != nil {
@@ -407,4 +410,22 @@ func joinErrs(errs []error) string {
 		s[i] = e.Error()
 	}
 	return strings.Join(s, "; ")
+}
+
+// ownerOf names the host interfaces that carry mac, for the refusal message.
+func ownerOf(mac net.HardwareAddr) string {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return ""
+	}
+	var names []string
+	for _, i := range ifs {
+		if bytes.Equal(i.HardwareAddr, mac) {
+			names = append(names, i.Name)
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	return " (the address of " + strings.Join(names, ", ") + ")"
 }

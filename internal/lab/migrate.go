@@ -61,3 +61,20 @@ func (l *Lab) Migrate(ctx context.Context, name string, m Migration) (Report, er
 	hb, _ := l.FDBPort(l.HostB, Bridge, GuestMAC)
 	return Report{Scenario: name, Result: res, SwitchPort: l.SwitchPort(), HostBPort: hb}, nil
 }
+
+// Healed lists what is still wrong after a migration with an agent: more
+// than maxLost pings lost, or the switch or host B's bridge still sending
+// the guest's traffic elsewhere. Empty means the network followed the VM.
+func (l *Lab) Healed(rep Report, maxLost int) []string {
+	var bad []string
+	if rep.Lost > maxLost {
+		bad = append(bad, fmt.Sprintf("client lost %d pings at %v (missed seqs %v), want at most %d", rep.Lost, DefaultMigration().Interval, rep.Missed, maxLost))
+	}
+	if p, _ := l.FDBPort(l.Switch, "sw", GuestMAC); p != "pB" {
+		bad = append(bad, fmt.Sprintf("switch FDB: guest MAC on %q, want pB (host B's port)", p))
+	}
+	if p, _ := l.FDBPort(l.HostB, Bridge, GuestMAC); p != DstVif {
+		bad = append(bad, fmt.Sprintf("host B bridge FDB: guest MAC on %q, want %s", p, DstVif))
+	}
+	return bad
+}

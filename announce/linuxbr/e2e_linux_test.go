@@ -317,8 +317,9 @@ func TestE2ERepairFDB(t *testing.T) {
 	}
 }
 
-// A static entry an operator pinned behind the uplink is moved too, and
-// becomes dynamic.
+// A static entry (NUD_NOARP) is someone's: an operator's, an anti-spoofing
+// setup's or an EVPN control plane's. It is refused, counted and left as it
+// is, wherever it points.
 func TestE2ERepairStaticEntry(t *testing.T) {
 	l := newLab(t)
 	m := net.HardwareAddr{0x52, 0x54, 0x00, 0x5a, 0x11, 0x03}
@@ -330,15 +331,77 @@ func TestE2ERepairStaticEntry(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.host.Do(func() error {
-		_, err := RepairFDB(context.Background(), p, m)
+	var reasons []string
+	f := &FDB{Refused: func(r string) { reasons = append(reasons, r) }}
+	defer f.Close()
+	before := showFDB(t, l.host)
+	var changed bool
+	err := l.host.Do(func() (err error) {
+		changed, err = f.Repair(context.Background(), p, m)
+		return err
+	})
+	var re *RefusedError
+	if !errors.As(err, &re) || re.Reason != RefuseStatic || changed {
+		t.Fatalf("repair of a static entry: changed=%v err=%v, want a static refusal", changed, err)
+	}
+	if !strings.Contains(err.Error(), `static entry for it on "up0"`) {
+		t.Errorf("refusal %q does not name the entry's port", err)
+	}
+	if !reflect.DeepEqual(reasons, []string{"static"}) {
+		t.Errorf("refusals counted %v, want [static]", reasons)
+	}
+	ents := fdbFor(showFDB(t, l.host), m)
+	if len(ents) != 1 || ents[0].dev != "up0" || !ents[0].has("static") {
+		t.Fatalf("FDB holds %+v for %s, want the static entry on up0 untouched", ents, m)
+	}
+	if after := showFDB(t, l.host); !reflect.DeepEqual(after, before) {
+		t.Errorf("the repair changed the FDB:\n%+v\nwas\n%+v", after, before)
+	}
+}
+
+// A MAC the bridge has learned on another live VM port belongs to that VM
+// now: a guest that claims it (a spoofed first frame, a wrong --mac) must
+// not take its traffic. The entry stays where it is.
+func TestE2ERepairRefusesLiveVMPort(t *testing.T) {
+	l := newLab(t)
+	l.host.MustRun(t, "sh", "-c", "ip link add vif9.0 type veth peer name vif9p && ip link set vif9.0 master br0 && ip link set vif9.0 up && ip link set vif9p up")
+	neighbour := net.HardwareAddr{0x52, 0x54, 0x00, 0x5a, 0x11, 0x09}
+	vif9p := l.link(t, l.host, "vif9p")
+	tx := send.NewPacketSender()
+	defer tx.Close()
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// The new port forwards (and learns) only once link watch has run.
+		if err := l.host.Do(func() error { return tx.Send(vif9p.Index, ethFrame(bcast, neighbour, "learn")) }); err != nil {
+			t.Fatal(err)
+		}
+		if ents := fdbFor(showFDB(t, l.host), neighbour); len(ents) == 1 && ents[0].dev == "vif9.0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bridge never learned %s on vif9.0: %+v", neighbour, showFDB(t, l.host))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var p *Path
+	if err := inNS(t, l.host, func(h Host) (err error) {
+		p, err = Resolve(h, "vif1.0", nil)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	ents := fdbFor(showFDB(t, l.host), m)
-	if len(ents) != 1 || ents[0].dev != "vif1.0" || ents[0].has("static") || ents[0].has("permanent") {
-		t.Fatalf("FDB holds %+v for %s, want one dynamic entry on vif1.0", ents, m)
+	var changed bool
+	err := l.host.Do(func() (err error) {
+		changed, err = RepairFDB(context.Background(), p, neighbour)
+		return err
+	})
+	var re *RefusedError
+	if !errors.As(err, &re) || re.Reason != RefuseVMPort || re.On != "vif9.0" || changed {
+		t.Fatalf("repair of another VM's MAC: changed=%v err=%v, want a vm_port refusal naming vif9.0", changed, err)
+	}
+	if ents := fdbFor(showFDB(t, l.host), neighbour); len(ents) != 1 || ents[0].dev != "vif9.0" {
+		t.Fatalf("FDB holds %+v for %s, want it still on vif9.0", ents, neighbour)
 	}
 }
 
@@ -478,7 +541,7 @@ func TestE2ERepairFDBDumpFallback(t *testing.T) {
 	if changed, err := repair(); err != nil || changed {
 		t.Fatalf("repair with nothing learned: changed=%v err=%v", changed, err)
 	}
-	l.host.MustRun(t, "bridge", "fdb", "add", m.String(), "dev", "up0", "master", "static")
+	l.host.MustRun(t, "bridge", "fdb", "add", m.String(), "dev", "up0", "master", "dynamic")
 	if changed, err := repair(); err != nil || !changed {
 		t.Fatalf("repair: changed=%v err=%v", changed, err)
 	}

@@ -12,6 +12,7 @@ package linuxbr
 import (
 	"errors"
 	"fmt"
+	"net"
 )
 
 // Sentinel errors. Each is returned wrapped with the interface it concerns,
@@ -21,6 +22,9 @@ var (
 	ErrNotFound      = errors.New("does not exist")
 	ErrNotBridgePort = errors.New("is not a bridge port")
 	ErrNoUplink      = errors.New("has no uplink")
+	// ErrNoForwardingUplink: the bridge has uplinks, but none has carrier
+	// and forwards. It also matches ErrNoUplink.
+	ErrNoForwardingUplink error = noForwardingUplink{}
 	// ErrOVSPort marks a port of the kernel Open vSwitch datapath, which
 	// needs OpenFlow rather than a path through a Linux bridge.
 	ErrOVSPort = errors.New("is an Open vSwitch port, not a Linux bridge port")
@@ -40,3 +44,64 @@ func ifErr(name string, err error) error {
 func ifErrf(name string, err error, format string, args ...any) error {
 	return fmt.Errorf("interface %q %w"+format, append([]any{name, err}, args...)...)
 }
+
+// ErrRefused matches every *RefusedError.
+var ErrRefused = errors.New("FDB repair refused")
+
+// RefusalReason says why RepairFDB left an entry alone. The values are the
+// reason label of selfannounce_fdb_refusals_total.
+type RefusalReason string
+
+// Reasons for refusing an FDB repair.
+const (
+	// RefuseLocal: a local (permanent) entry, the host's own address.
+	RefuseLocal RefusalReason = "local"
+	// RefuseStatic: a static (NUD_NOARP) or sticky entry someone pinned.
+	RefuseStatic RefusalReason = "static"
+	// RefuseExternal: an externally learned entry (NTF_EXT_LEARNED), owned
+	// by a control plane such as FRR's EVPN.
+	RefuseExternal RefusalReason = "extern_learn"
+	// RefuseVMPort: a dynamic entry on another live port of the bridge,
+	// another VM's.
+	RefuseVMPort RefusalReason = "vm_port"
+)
+
+// RefusedError is RepairFDB's refusal to move an entry it does not own.
+// It matches ErrRefused, and ErrHostOwnedMAC for a local entry.
+type RefusedError struct {
+	Reason RefusalReason
+	MAC    net.HardwareAddr
+	VLAN   uint16
+	Bridge string
+	Port   string // the VM port the repair was for
+	On     string // the port the entry points at, "" when unknown or the bridge
+}
+
+func (e *RefusedError) Error() string {
+	switch e.Reason {
+	case RefuseLocal:
+		on := ""
+		if e.On != "" {
+			on = fmt.Sprintf(" on port %q", e.On)
+		}
+		return fmt.Sprintf("MAC %s %v: it is a local entry of bridge %q%s", e.MAC, ErrHostOwnedMAC, e.Bridge, on)
+	case RefuseStatic:
+		return fmt.Sprintf("MAC %s: bridge %q has a static entry for it on %q; not moving it to %q (remove the entry to let selfannounce manage the MAC)", e.MAC, e.Bridge, e.On, e.Port)
+	case RefuseExternal:
+		return fmt.Sprintf("MAC %s: bridge %q has an externally learned entry for it on %q (a control plane owns it); not moving it to %q", e.MAC, e.Bridge, e.On, e.Port)
+	case RefuseVMPort:
+		return fmt.Sprintf("MAC %s: bridge %q has it on live port %q, not an uplink; not moving it to %q (another guest uses that MAC)", e.MAC, e.Bridge, e.On, e.Port)
+	}
+	return fmt.Sprintf("MAC %s: %v (%s)", e.MAC, ErrRefused, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrRefused) hold for every refusal and
+// errors.Is(err, ErrHostOwnedMAC) for a local entry.
+func (e *RefusedError) Is(target error) bool {
+	return target == ErrRefused || (target == ErrHostOwnedMAC && e.Reason == RefuseLocal)
+}
+
+type noForwardingUplink struct{}
+
+func (noForwardingUplink) Error() string        { return "has no forwarding uplink" }
+func (noForwardingUplink) Is(target error) bool { return target == ErrNoUplink }

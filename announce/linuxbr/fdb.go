@@ -20,6 +20,9 @@ type fdbOps interface {
 	// move points mac/vlan at port as a dynamic entry, creating the entry
 	// or atomically re-pointing an existing one.
 	move(port int, mac net.HardwareAddr, vlan uint16) error
+	// port says what the link with ifindex index is now: its name and its
+	// master's ifindex; exists is false when there is no such link.
+	port(index int) (name string, master int, exists bool, err error)
 }
 
 // RepairFDB makes the bridge's forwarding database point mac at the VM port
@@ -28,14 +31,24 @@ type fdbOps interface {
 // entry changes the bridge drops the network's replies to the guest. The one
 // entry the bridge forwards by (mac on Path.VLAN when it filters VLANs, else
 // on no VLAN) is read from the kernel at the moment of the repair, never from
-// a copy: an entry learned a millisecond ago counts. When it points at another
-// port it is replaced by a dynamic entry on the VM port, which ages and
-// re-learns like any other. changed reports whether anything moved.
+// a copy: an entry learned a millisecond ago counts. changed reports whether
+// anything moved.
 //
-// It refuses with ErrHostOwnedMAC, touching nothing, when that entry is a
-// local (permanent) one: the address is the bridge's, a port's or one an
-// operator pinned. Addresses of the host's other interfaces are the callers'
-// to refuse before planning (resolve.DropHostOwned).
+// Only an entry that can be stale is moved, replaced by a dynamic entry on
+// the VM port that ages and re-learns like any other: one that points at an
+// uplink of the path (usable or not), or at a port that no longer exists or
+// has left the bridge. Anything else is refused with a *RefusedError,
+// touching nothing, and the caller must not announce:
+//   - a local (permanent) entry: the address is the bridge's, a port's or
+//     one an operator pinned (the error also matches ErrHostOwnedMAC);
+//   - a static, sticky or externally learned entry: an operator, an
+//     anti-spoofing setup or an EVPN control plane such as FRR owns it;
+//   - a dynamic entry on another live port of the bridge: another VM has
+//     that MAC now, and moving it would let a guest that spoofs a
+//     neighbour's address take the neighbour's traffic.
+//
+// Addresses of the host's other interfaces are the callers' to refuse
+// before planning (resolve.DropHostOwned).
 func RepairFDB(ctx context.Context, p *Path, mac net.HardwareAddr) (changed bool, err error) {
 	if err := checkRepair(p, mac); err != nil {
 		return false, err
@@ -58,6 +71,10 @@ func RepairFDB(ctx context.Context, p *Path, mac net.HardwareAddr) (changed bool
 // an error the next repair opens a fresh one. The zero FDB is ready to use
 // and safe for concurrent use.
 type FDB struct {
+	// Refused, if set, is called with the reason of every refusal (a
+	// RefusalReason), for the daemon's selfannounce_fdb_refusals_total.
+	Refused func(reason string)
+
 	mu sync.Mutex
 	c  fdbConn
 }
@@ -79,7 +96,11 @@ func (f *FDB) Repair(ctx context.Context, p *Path, mac net.HardwareAddr) (change
 		return false, err
 	}
 	changed, err = repairFDB(ctx, f.c, p, mac)
-	if err != nil && !errors.Is(err, ErrHostOwnedMAC) {
+	var refused *RefusedError
+	if errors.As(err, &refused) && f.Refused != nil {
+		f.Refused(string(refused.Reason))
+	}
+	if err != nil && refused == nil {
 		// A reply cut short by the deadline may still be queued.
 		f.drop()
 		return changed, err
@@ -146,11 +167,36 @@ func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (
 		// included, until it learns the guest's first frame.
 		return false, nil
 	}
+	refuse := func(r RefusalReason, on string) (bool, error) {
+		return false, &RefusedError{Reason: r, MAC: mac, VLAN: vid, Bridge: p.Bridge.Name, Port: p.Port.Name, On: on}
+	}
 	if e.local() {
-		return false, fmt.Errorf("MAC %s %w: it is a local entry of bridge %q%s", mac, ErrHostOwnedMAC, p.Bridge.Name, localOwner(p, e.Port))
+		return refuse(RefuseLocal, localOwner(p, e.Port))
 	}
 	if e.Port == p.Port.Index {
 		return false, nil
+	}
+	switch {
+	case e.static():
+		return refuse(RefuseStatic, portName(ops, p, e.Port))
+	case e.Flags&ntfExtLearned != 0:
+		return refuse(RefuseExternal, portName(ops, p, e.Port))
+	case e.Flags&ntfSticky != 0:
+		return refuse(RefuseStatic, portName(ops, p, e.Port))
+	}
+	if e.Port == p.Bridge.Index {
+		// A non-local entry on the bridge device itself: the host's.
+		return refuse(RefuseLocal, "")
+	}
+	if !p.isUplink(e.Port) {
+		name, master, exists, err := ops.port(e.Port)
+		if err != nil {
+			return false, fmt.Errorf("bridge %q: FDB entry %s vlan %d points at ifindex %d: %v", p.Bridge.Name, mac, vid, e.Port, err)
+		}
+		if exists && master == p.Bridge.Index {
+			return refuse(RefuseVMPort, name)
+		}
+		// The port is gone, or left the bridge: the entry is a leftover.
 	}
 	if err := ctx.Err(); err != nil {
 		return false, err
@@ -161,18 +207,51 @@ func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (
 	return true, nil
 }
 
+// isUplink reports whether ifindex is one of the bridge's uplinks on the
+// path's VLAN, forwarding or not: an entry learned there while the guest
+// lived elsewhere is exactly what the repair exists for.
+func (p *Path) isUplink(ifindex int) bool {
+	for _, u := range p.Uplinks {
+		if u.Index == ifindex {
+			return true
+		}
+	}
+	for _, u := range p.Unusable {
+		if u.Index == ifindex {
+			return true
+		}
+	}
+	return false
+}
+
 // localOwner names the port a local entry sits on, when the path knows it;
 // the bridge's own address sits on the bridge.
 func localOwner(p *Path, ifindex int) string {
 	if ifindex == p.Port.Index {
-		return fmt.Sprintf(" on port %q", p.Port.Name)
+		return p.Port.Name
 	}
 	for _, u := range p.Uplinks {
 		if u.Index == ifindex {
-			return fmt.Sprintf(" on port %q", u.Name)
+			return u.Name
+		}
+	}
+	for _, u := range p.Unusable {
+		if u.Index == ifindex {
+			return u.Name
 		}
 	}
 	return ""
+}
+
+// portName names the port an entry points at, for the refusal message.
+func portName(ops fdbOps, p *Path, ifindex int) string {
+	if n := localOwner(p, ifindex); n != "" {
+		return n
+	}
+	if name, _, ok, err := ops.port(ifindex); err == nil && ok {
+		return name
+	}
+	return fmt.Sprintf("ifindex %d", ifindex)
 }
 
 // fdbEntry is one entry of a bridge's forwarding database.
@@ -185,7 +264,13 @@ type fdbEntry struct {
 	Flags  uint8  // NTF_*
 }
 
-// nudPermanent is NUD_PERMANENT, the state of the bridge's local entries.
-const nudPermanent = 0x80
+// Neighbour states and flags of bridge FDB entries (<linux/neighbour.h>).
+const (
+	nudPermanent  = 0x80 // NUD_PERMANENT: a local entry
+	nudNoARP      = 0x40 // NUD_NOARP: a static entry (`bridge fdb add ... static`)
+	ntfExtLearned = 0x10 // NTF_EXT_LEARNED: installed by a control plane or switchdev
+	ntfSticky     = 0x40 // NTF_STICKY: never moved by learning
+)
 
-func (e fdbEntry) local() bool { return e.State&nudPermanent != 0 }
+func (e fdbEntry) local() bool  { return e.State&nudPermanent != 0 }
+func (e fdbEntry) static() bool { return e.State&nudNoARP != 0 }

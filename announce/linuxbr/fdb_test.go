@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-const nudReachable, nudNoARP = 0x02, 0x40
+const nudReachable = 0x02
 
 // memFDB holds bridge forwarding databases with the kernel's semantics for
 // the operations RepairFDB uses: br_fdb_get finds the one entry for
@@ -42,6 +42,19 @@ func (m *memFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 	return nil
 }
 
+func (m *memFDB) port(index int) (string, int, bool, error) {
+	br, ok := m.bridgeOf[index]
+	if !ok {
+		return "", 0, false, nil
+	}
+	if br == index {
+		br = 0 // a bridge has no master
+	}
+	return memNames[index], br, true, nil
+}
+
+var memNames = map[int]string{1: "br0", 2: "up0", 3: "vif1.0", 4: "br1", 5: "up1", 6: "vif6.0", 8: "up8"}
+
 func (m *memFDB) sorted() []fdbEntry {
 	out := append([]fdbEntry(nil), m.fdb...)
 	sort.Slice(out, func(i, j int) bool {
@@ -60,12 +73,13 @@ var (
 	brMAC    = mac("02:00:00:00:00:01")
 )
 
-// Bridge br0 (1) with uplink up0 (2) and VM port vif1.0 (3); bridge br1 (4)
-// with uplink up1 (5).
+// Bridge br0 (1) with uplink up0 (2), VM port vif1.0 (3) and another VM's
+// port vif6.0 (6); bridge br1 (4) with uplink up1 (5); up8 (8) on no
+// bridge, and nothing with ifindex 7.
 func newMemFDB(entries ...fdbEntry) *memFDB {
 	return &memFDB{
 		fdb:      entries,
-		bridgeOf: map[int]int{1: 1, 2: 1, 3: 1, 4: 4, 5: 4},
+		bridgeOf: map[int]int{1: 1, 2: 1, 3: 1, 4: 4, 5: 4, 6: 1, 8: 0},
 	}
 }
 
@@ -79,7 +93,7 @@ func path0(filtering bool, vlan uint16) *Path {
 
 func TestRepairMovesLearnedEntry(t *testing.T) {
 	m := newMemFDB(
-		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudNoARP}, // static, behind the uplink
+		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudReachable}, // learned behind the uplink
 		fdbEntry{Port: 2, Master: 1, MAC: otherMAC, State: nudReachable},
 		fdbEntry{Port: 5, Master: 4, MAC: guestMAC, State: nudReachable}, // another bridge
 	)
@@ -212,5 +226,67 @@ func TestRepairCancelled(t *testing.T) {
 	changed, err := repairFDB(ctx, m, path0(false, 0), guestMAC)
 	if !errors.Is(err, context.Canceled) || changed || m.fdb[0].Port != 2 {
 		t.Fatalf("changed=%v err=%v fdb=%+v", changed, err, m.fdb)
+	}
+}
+
+// Only an entry that can be stale moves: on an uplink (usable or not), or
+// on a port that is gone or has left the bridge.
+func TestRepairMovesOnlyStaleEntries(t *testing.T) {
+	blocked := path0(false, 0)
+	blocked.Uplinks = nil
+	blocked.Unusable = []UnusableUplink{{Uplink: Uplink{Link: Link{Name: "up0", Index: 2}}, Why: "STP blocking"}}
+	for name, tc := range map[string]struct {
+		e    fdbEntry
+		path *Path
+	}{
+		"uplink":          {fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudReachable}, path0(false, 0)},
+		"blocked uplink":  {fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudReachable}, blocked},
+		"port gone":       {fdbEntry{Port: 7, Master: 1, MAC: guestMAC, State: nudReachable}, path0(false, 0)},
+		"port off bridge": {fdbEntry{Port: 8, Master: 1, MAC: guestMAC, State: nudReachable}, path0(false, 0)},
+	} {
+		m := newMemFDB(tc.e)
+		changed, err := repairFDB(context.Background(), m, tc.path, guestMAC)
+		if err != nil || !changed || m.fdb[0].Port != 3 {
+			t.Errorf("%s: changed=%v err=%v fdb=%+v", name, changed, err, m.fdb)
+		}
+	}
+}
+
+// Entries someone owns are refused, touching nothing, with a typed error
+// naming the reason the daemon counts.
+func TestRepairRefusesOwnedEntries(t *testing.T) {
+	for name, tc := range map[string]struct {
+		e      fdbEntry
+		reason RefusalReason
+		msg    string
+	}{
+		"another VM's live port": {fdbEntry{Port: 6, Master: 1, MAC: guestMAC, State: nudReachable}, RefuseVMPort,
+			`MAC 52:54:00:12:34:56: bridge "br0" has it on live port "vif6.0", not an uplink; not moving it to "vif1.0" (another guest uses that MAC)`},
+		"static on the uplink": {fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudNoARP}, RefuseStatic,
+			`MAC 52:54:00:12:34:56: bridge "br0" has a static entry for it on "up0"; not moving it to "vif1.0" (remove the entry to let selfannounce manage the MAC)`},
+		"static on another VM": {fdbEntry{Port: 6, Master: 1, MAC: guestMAC, State: nudNoARP}, RefuseStatic,
+			`MAC 52:54:00:12:34:56: bridge "br0" has a static entry for it on "vif6.0"; not moving it to "vif1.0" (remove the entry to let selfannounce manage the MAC)`},
+		"sticky": {fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudReachable, Flags: ntfSticky}, RefuseStatic, ""},
+		"extern_learn": {fdbEntry{Port: 2, Master: 1, MAC: guestMAC, State: nudReachable, Flags: ntfExtLearned}, RefuseExternal,
+			`MAC 52:54:00:12:34:56: bridge "br0" has an externally learned entry for it on "up0" (a control plane owns it); not moving it to "vif1.0"`},
+		"dynamic on the bridge itself": {fdbEntry{Port: 1, Master: 1, MAC: guestMAC, State: nudReachable}, RefuseLocal, ""},
+	} {
+		m := newMemFDB(tc.e)
+		before := m.sorted()
+		changed, err := repairFDB(context.Background(), m, path0(false, 0), guestMAC)
+		var re *RefusedError
+		if !errors.As(err, &re) || re.Reason != tc.reason || !errors.Is(err, ErrRefused) || changed {
+			t.Errorf("%s: changed=%v err=%v, want a %s refusal", name, changed, err, tc.reason)
+			continue
+		}
+		if tc.msg != "" && err.Error() != tc.msg {
+			t.Errorf("%s: error %q\nwant %q", name, err, tc.msg)
+		}
+		if errors.Is(err, ErrHostOwnedMAC) != (tc.reason == RefuseLocal) {
+			t.Errorf("%s: errors.Is(ErrHostOwnedMAC) = %v", name, !(tc.reason == RefuseLocal))
+		}
+		if got := m.sorted(); !reflect.DeepEqual(got, before) {
+			t.Errorf("%s: FDB changed to %+v", name, got)
+		}
 	}
 }

@@ -56,6 +56,68 @@ type Host interface {
 	IsVLANDevice(name string) (bool, error)
 }
 
+// BRState is a bridge port's spanning-tree state, the kernel's BR_STATE_*
+// (brport/state in sysfs, IFLA_BRPORT_STATE).
+type BRState uint8
+
+// Bridge port states.
+const (
+	BRDisabled   BRState = 0
+	BRListening  BRState = 1
+	BRLearning   BRState = 2
+	BRForwarding BRState = 3
+	BRBlocking   BRState = 4
+	// BRUnknown: not known; the port is assumed to forward.
+	BRUnknown BRState = 0xff
+)
+
+func (s BRState) String() string {
+	switch s {
+	case BRDisabled:
+		return "disabled"
+	case BRListening:
+		return "listening"
+	case BRLearning:
+		return "learning"
+	case BRForwarding:
+		return "forwarding"
+	case BRBlocking:
+		return "blocking"
+	case BRUnknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("state %d", uint8(s))
+}
+
+// PortState is whether a bridge port can carry a frame out right now.
+type PortState struct {
+	// Down: the link has no carrier (or is admin-down).
+	Down bool
+	// STP is the port's state on its bridge; BRUnknown when not known.
+	STP BRState
+}
+
+// unusable says why a port in state s must not carry announcements, "" if
+// it may. A disabled port is one whose link is down.
+func (s PortState) unusable() string {
+	switch {
+	case s.Down:
+		return "no carrier"
+	case s.STP == BRForwarding || s.STP == BRUnknown:
+		return ""
+	case s.STP == BRDisabled:
+		return "port disabled"
+	}
+	return "STP " + s.STP.String()
+}
+
+// PortStater is implemented by Hosts that know their bridge ports' carrier
+// and STP state. Resolve leaves out uplinks that cannot forward; with a Host
+// that does not implement it, every uplink is assumed to forward.
+type PortStater interface {
+	PortState(name string) (PortState, error)
+}
+
 // ValidName checks an interface name as the kernel's dev_valid_name does,
 // which also keeps names from escaping a sysfs directory.
 func ValidName(name string) error {
@@ -81,6 +143,11 @@ type StaticLink struct {
 	VLANs []VLAN
 	// VLANFiltering applies to bridges.
 	VLANFiltering bool
+	// Down and STP are the port's state (PortState); the zero STP is
+	// BRDisabled, so a StaticLink that leaves it at zero and is not Down
+	// is taken as forwarding.
+	Down bool
+	STP  BRState
 }
 
 // StaticHost is a Host built from a literal description, for tests and for
@@ -172,4 +239,18 @@ func (h StaticHost) IsVLANDevice(name string) (bool, error) {
 		return false, err
 	}
 	return l.Kind == KindVLAN, nil
+}
+
+// PortState implements PortStater. A StaticLink with STP left at zero and
+// Down false forwards: literal topologies seldom spell out port states.
+func (h StaticHost) PortState(name string) (PortState, error) {
+	l, err := h.find(name)
+	if err != nil {
+		return PortState{}, err
+	}
+	st := PortState{Down: l.Down, STP: l.STP}
+	if st.STP == BRDisabled && !st.Down {
+		st.STP = BRUnknown
+	}
+	return st, nil
 }

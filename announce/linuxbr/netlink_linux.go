@@ -209,6 +209,33 @@ func (n *nlFDB) dumpFDB() ([]fdbEntry, error) {
 	return out, nil
 }
 
+// port asks for the link with ifindex index. ENODEV means it is gone.
+func (n *nlFDB) port(index int) (string, int, bool, error) {
+	msgs, err := n.c.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request},
+		Data:   ifinfomsg(unix.AF_UNSPEC, index),
+	})
+	if errors.Is(err, unix.ENODEV) {
+		return "", 0, false, nil
+	}
+	if err != nil {
+		return "", 0, false, fmt.Errorf("rtnetlink get link %d: %w", index, netErr(err))
+	}
+	for _, m := range msgs {
+		if m.Header.Type != unix.RTM_NEWLINK {
+			continue
+		}
+		idx, name, master, err := parseLinkMaster(m.Data)
+		if err != nil {
+			return "", 0, false, err
+		}
+		if idx == index {
+			return name, master, true, nil
+		}
+	}
+	return "", 0, false, nil
+}
+
 func (n *nlFDB) move(port int, mac net.HardwareAddr, vlan uint16) error {
 	data, err := fdbRequest(port, mac, vlan, unix.NUD_REACHABLE)
 	if err != nil {

@@ -23,3 +23,4 @@ func (*noFDB) lookup(int, net.HardwareAddr, uint16) (fdbEntry, bool, error) {
 	return fdbEntry{}, false, errNotLinux
 }
 func (*noFDB) move(int, net.HardwareAddr, uint16) error { return errNotLinux }
+func (*noFDB) port(int) (string, int, bool, error)      { return "", 0, false, errNotLinux }

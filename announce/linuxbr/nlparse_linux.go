@@ -126,6 +126,28 @@ func parseLink(data []byte) (index int, name string, mac net.HardwareAddr, kind 
 	return index, name, mac, kind, ad.Err()
 }
 
+// parseLinkMaster decodes an RTM_NEWLINK message into its index, name and
+// IFLA_MASTER (0 when it has none).
+func parseLinkMaster(data []byte) (index int, name string, master int, err error) {
+	if len(data) < unix.SizeofIfInfomsg {
+		return 0, "", 0, fmt.Errorf("link message is %d bytes, shorter than ifinfomsg", len(data))
+	}
+	index = int(int32(ne.Uint32(data[4:8])))
+	ad, err := netlink.NewAttributeDecoder(data[unix.SizeofIfInfomsg:])
+	if err != nil {
+		return 0, "", 0, err
+	}
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.IFLA_IFNAME:
+			name = ad.String()
+		case unix.IFLA_MASTER:
+			master = int(ad.Uint32())
+		}
+	}
+	return index, name, master, ad.Err()
+}
+
 // parseFDB decodes one RTM_NEWNEIGH message of an AF_BRIDGE dump.
 func parseFDB(data []byte) (fdbEntry, error) {
 	if len(data) < unix.SizeofNdMsg {

@@ -26,9 +26,21 @@ type Path struct {
 	// VLAN is the VM port's PVID when the bridge filters VLANs, else 0.
 	VLAN          uint16
 	VLANFiltering bool
-	// Uplinks are where announcements are written. Neither the bridge nor
-	// the VM port is ever among them.
+	// Uplinks are where announcements are written: the bridge's uplinks on
+	// the VM port's VLAN that have carrier and forward. Neither the bridge
+	// nor the VM port is ever among them.
 	Uplinks []Uplink
+	// Unusable are the other uplinks on that VLAN, down or not forwarding
+	// (STP blocking, listening, learning): a frame written on one would
+	// teach the switch behind it a path the bridge does not use. The FDB
+	// repair still counts them as uplinks.
+	Unusable []UnusableUplink
+}
+
+// UnusableUplink is an uplink left out of a Path, and why.
+type UnusableUplink struct {
+	Uplink
+	Why string // "no carrier", "STP blocking", ...
 }
 
 // Resolve finds port's bridge and that bridge's uplinks: every bridge port
@@ -131,15 +143,45 @@ func Resolve(h Host, port string, vmPorts []string) (*Path, error) {
 				u.VLAN = p.VLAN
 			}
 		}
+		if why, err := unusable(h, name); err != nil {
+			return nil, err
+		} else if why != "" {
+			p.Unusable = append(p.Unusable, UnusableUplink{Uplink: u, Why: why})
+			continue
+		}
 		p.Uplinks = append(p.Uplinks, u)
 	}
 	if len(p.Uplinks) == 0 {
+		if len(p.Unusable) > 0 {
+			var ws []string
+			for _, u := range p.Unusable {
+				ws = append(ws, u.Name+": "+u.Why)
+			}
+			return nil, fmt.Errorf("bridge %q %w (%s)", master, ErrNoForwardingUplink, strings.Join(ws, ", "))
+		}
 		if len(offVLAN) > 0 {
 			return nil, fmt.Errorf("bridge %q %w on VLAN %d (%s not a member)", master, ErrNoUplink, p.VLAN, strings.Join(offVLAN, ", "))
 		}
 		return nil, fmt.Errorf("bridge %q %w (every port matches %s)", master, ErrNoUplink, strings.Join(vmPorts, ", "))
 	}
 	return p, nil
+}
+
+// unusable says why the uplink name cannot carry announcements, "" when it
+// can or when h does not know port states.
+func unusable(h Host, name string) (string, error) {
+	ps, ok := h.(PortStater)
+	if !ok {
+		return "", nil
+	}
+	st, err := ps.PortState(name)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil // left the bridge since we listed it; the send will say
+	}
+	if err != nil {
+		return "", err
+	}
+	return st.unusable(), nil
 }
 
 func matchAny(patterns []string, name string) bool {

@@ -189,3 +189,56 @@ func TestResolveNoFilteringIgnoresVLANTable(t *testing.T) {
 		}
 	}
 }
+
+// Uplinks without carrier or not forwarding are left out; with none left,
+// Resolve says why each is unusable.
+func TestResolveSkipsUplinksThatDoNotForward(t *testing.T) {
+	h := StaticHost{
+		{Link: link("br0", 1), Kind: KindBridge},
+		{Link: link("eth0", 2), Kind: KindVeth, Master: "br0", STP: BRBlocking},
+		{Link: link("eth1", 3), Kind: KindVeth, Master: "br0", STP: BRForwarding},
+		{Link: link("eth2", 4), Kind: KindVeth, Master: "br0", Down: true},
+		{Link: link("eth3", 5), Kind: KindVeth, Master: "br0", STP: BRLearning},
+		{Link: link("vif1.0", 6), Master: "br0", STP: BRForwarding},
+	}
+	p, err := Resolve(h, "vif1.0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Uplinks) != 1 || p.Uplinks[0].Name != "eth1" {
+		t.Errorf("uplinks %+v, want only eth1", p.Uplinks)
+	}
+	var why []string
+	for _, u := range p.Unusable {
+		why = append(why, u.Name+": "+u.Why)
+	}
+	if want := []string{"eth0: STP blocking", "eth2: no carrier", "eth3: STP learning"}; !reflect.DeepEqual(why, want) {
+		t.Errorf("unusable %v, want %v", why, want)
+	}
+
+	h[2].STP = BRDisabled
+	h[2].Down = true
+	_, err = Resolve(h, "vif1.0", nil)
+	const msg = `bridge "br0" has no forwarding uplink (eth0: STP blocking, eth1: no carrier, eth2: no carrier, eth3: STP learning)`
+	if !errors.Is(err, ErrNoForwardingUplink) || !errors.Is(err, ErrNoUplink) || err.Error() != msg {
+		t.Errorf("Resolve with no forwarding uplink = %v, want %q", err, msg)
+	}
+}
+
+// A TableHost without port states (a caller that does not fill them) takes
+// every uplink to forward; with them, it skips as the others do.
+func TestTableHostPortState(t *testing.T) {
+	links := []TableLink{
+		{Link: link("br0", 1), Kind: KindBridge},
+		{Link: link("eth0", 2), Kind: KindVeth, Master: 1},
+		{Link: link("eth1", 3), Kind: KindVeth, Master: 1, State: &PortState{STP: BRBlocking}},
+		{Link: link("vif1.0", 4), Master: 1},
+	}
+	p, err := Resolve(&TableHost{Links: links}, "vif1.0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Uplinks) != 1 || p.Uplinks[0].Name != "eth0" || len(p.Unusable) != 1 || p.Unusable[0].Name != "eth1" {
+		t.Errorf("uplinks %+v unusable %+v, want eth0 and eth1", p.Uplinks, p.Unusable)
+	}
+}

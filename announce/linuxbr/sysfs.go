@@ -206,3 +206,40 @@ func (s *SysfsHost) IsVLANDevice(name string) (bool, error) {
 	}
 	return k == KindVLAN, nil
 }
+
+// PortState implements PortStater from operstate, carrier and brport/state.
+// A link whose driver reports operstate "unknown" (tun in some modes) has
+// carrier when its carrier file says 1.
+func (s *SysfsHost) PortState(name string) (PortState, error) {
+	if err := s.exists(name); err != nil {
+		return PortState{}, err
+	}
+	st := PortState{STP: BRUnknown}
+	op, err := s.read(name, "operstate")
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// Not a tree that knows (a test fixture): assume carrier.
+	case err != nil:
+		return PortState{}, err
+	case op == "up":
+	case op == "unknown":
+		// Reading carrier fails with EINVAL while the link is admin-down.
+		c, err := s.read(name, "carrier")
+		st.Down = !errors.Is(err, fs.ErrNotExist) && (err != nil || c != "1")
+	default:
+		st.Down = true
+	}
+	v, err := s.read(name, "brport/state")
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return PortState{}, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 4 {
+		return PortState{}, fmt.Errorf("interface %q: malformed brport/state %q in sysfs", name, v)
+	}
+	st.STP = BRState(n)
+	return st, nil
+}

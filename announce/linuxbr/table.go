@@ -13,6 +13,9 @@ type TableLink struct {
 	Kind string
 	// Master is the ifindex of the link's master, 0 when it has none.
 	Master int
+	// State is the port's carrier and STP state, from the same link
+	// messages; nil means unknown, and the port is taken to forward.
+	State *PortState
 }
 
 // TableHost is a Host over links the caller already holds: the daemon keeps
@@ -154,6 +157,18 @@ func (h *TableHost) IsVLANDevice(name string) (bool, error) {
 		return false, err
 	}
 	return l.Kind == KindVLAN, nil
+}
+
+// PortState implements PortStater from the table.
+func (h *TableHost) PortState(name string) (PortState, error) {
+	l, err := h.find(name)
+	if err != nil {
+		return PortState{}, err
+	}
+	if l.State == nil {
+		return PortState{STP: BRUnknown}, nil
+	}
+	return *l.State, nil
 }
 
 // SysfsVLANFiltering reads a bridge's vlan_filtering from sysfs under

@@ -27,6 +27,10 @@ type Metrics struct {
 	LastArrival     prometheus.Gauge
 	LastBurst       prometheus.Gauge
 	Ports           *prometheus.GaugeVec
+	// FDBRefusals counts FDB repairs refused, by linuxbr.RefusalReason:
+	// local, static, extern_learn, vm_port. Each refused arrival is not
+	// announced.
+	FDBRefusals *prometheus.CounterVec
 	overruns        atomic.Pointer[func() uint64]
 }
 
@@ -67,6 +71,10 @@ func New() *Metrics {
 		Ports: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "selfannounce_ports", Help: "VM ports known, by state: ready or waiting.",
 		}, []string{"state"}),
+		FDBRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "selfannounce_fdb_refusals_total",
+			Help: "Bridge FDB repairs refused (the arrival was not announced), by reason: local, static, extern_learn, vm_port.",
+		}, []string{"reason"}),
 	}
 	overruns := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "selfannounce_netlink_overruns_total",
@@ -78,13 +86,16 @@ func New() *Metrics {
 		return 0
 	})
 	m.Registry.MustRegister(overruns, m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.Latency, m.Arrivals,
-		m.LastArrival, m.LastBurst, m.Ports,
+		m.LastArrival, m.LastBurst, m.Ports, m.FDBRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, k := range []string{"rarp", "garp", "na"} {
 		m.Frames.WithLabelValues(k)
 	}
 	for _, r := range []string{"started", "completed", "cancelled", "suppressed"} {
 		m.Bursts.WithLabelValues(r)
+	}
+	for _, r := range []string{"local", "static", "extern_learn", "vm_port"} {
+		m.FDBRefusals.WithLabelValues(r)
 	}
 	return m
 }
@@ -97,6 +108,9 @@ func (m *Metrics) FrameWritten(kind string, err error) {
 	}
 	m.Frames.WithLabelValues(kind).Inc()
 }
+
+// FDBRefused counts one refused FDB repair; it fits linuxbr.FDB's Refused.
+func (m *Metrics) FDBRefused(reason string) { m.FDBRefusals.WithLabelValues(reason).Inc() }
 
 // Serve exposes /metrics on addr until the listener is closed. It returns
 // once listening, so a bad address is reported at start-up.

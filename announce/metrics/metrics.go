@@ -31,7 +31,7 @@ type Metrics struct {
 	// local, static, extern_learn, vm_port. Each refused arrival is not
 	// announced.
 	FDBRefusals *prometheus.CounterVec
-	overruns        atomic.Pointer[func() uint64]
+	overruns    atomic.Pointer[func() uint64]
 }
 
 // CountOverruns names where the netlink overrun count comes from (the link

@@ -60,7 +60,7 @@ func NetlinkVLANTables() (map[int][]VLAN, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := c.Execute(netlink.Message{
+	msgs, err := dump(c, netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request | netlink.Dump},
 		Data:   append(ifinfomsg(unix.AF_BRIDGE, 0), attrs...),
 	})
@@ -80,6 +80,36 @@ func NetlinkVLANTables() (map[int][]VLAN, error) {
 		}
 	}
 	return out, nil
+}
+
+// dumpTries bounds the attempts at a dump that concurrent changes keep
+// interrupting.
+const dumpTries = 5
+
+// errDumpInterrupted: every attempt at a dump was interrupted.
+var errDumpInterrupted = errors.New("interrupted by concurrent changes on every attempt")
+
+// dump runs a dump request and redoes it while the kernel flags a reply
+// NLM_F_DUMP_INTR: the table changed mid-dump and entries may be missing
+// from it (before 6.7, a link deleted mid-dump hid the next one).
+func dump(c *netlink.Conn, req netlink.Message) ([]netlink.Message, error) {
+	for try := 0; try < dumpTries; try++ {
+		msgs, err := c.Execute(req)
+		if err != nil {
+			return nil, err
+		}
+		intr := false
+		for _, m := range msgs {
+			if m.Header.Flags&netlink.DumpInterrupted != 0 {
+				intr = true
+				break
+			}
+		}
+		if !intr {
+			return msgs, nil
+		}
+	}
+	return nil, fmt.Errorf("%w (%d attempts)", errDumpInterrupted, dumpTries)
 }
 
 func hasVLAN(vlans []VLAN, id uint16) bool {
@@ -191,7 +221,7 @@ func (n *nlFDB) get(bridge int, mac net.HardwareAddr, vlan uint16) (fdbEntry, bo
 func (n *nlFDB) dumpFDB() ([]fdbEntry, error) {
 	nd := make([]byte, unix.SizeofNdMsg)
 	nd[0] = unix.AF_BRIDGE
-	msgs, err := n.c.Execute(netlink.Message{
+	msgs, err := dump(n.c, netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_GETNEIGH, Flags: netlink.Request | netlink.Dump},
 		Data:   nd,
 	})

@@ -47,9 +47,10 @@ type Watcher struct {
 	buf  []byte
 	msg  linkMsg
 
-	links    table
-	running  atomic.Bool
-	overruns atomic.Uint64
+	links       table
+	running     atomic.Bool
+	overruns    atomic.Uint64
+	interrupted atomic.Uint64
 }
 
 // New opens an rtnetlink socket in the calling thread's network namespace.
@@ -83,6 +84,10 @@ func (w *Watcher) Close() error { return w.conn.Close() }
 // Overruns counts the times the kernel dropped messages for lack of buffer
 // space and the Watcher re-read the whole state to recover.
 func (w *Watcher) Overruns() uint64 { return w.overruns.Load() }
+
+// Interrupted counts the dumps the kernel flagged as interrupted by a
+// concurrent change (NLM_F_DUMP_INTR); each was redone, never trusted.
+func (w *Watcher) Interrupted() uint64 { return w.interrupted.Load() }
 
 // Run subscribes to link changes, then reads the current state and calls
 // initial once with every link, then fn for each change until ctx ends. After
@@ -158,8 +163,8 @@ func (w *Watcher) run(initial func([]Link), fn func(Event)) error {
 // resync builds the full state from a dump of both families. Messages queued
 // before the first dump reply are older than anything the dump says and are
 // dropped; those interleaved after it are newer than the part of the dump
-// already read and are applied in order. An overrun during the dump starts
-// it all over.
+// already read and are applied in order. An overrun during the dump, or a
+// dump the kernel flags as interrupted, starts it all over.
 func (w *Watcher) resync() (table, error) {
 	for {
 		// Stale messages, and the rest of a dump abandoned by an earlier
@@ -205,62 +210,92 @@ func (w *Watcher) dump(t table, family uint8, live bool) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("netwatch: request link dump: %w", err)
 	}
-	seq := sent.Header.Sequence
-
-	trusted := true
+	d := dumpState{seq: sent.Header.Sequence, family: family, live: live, trusted: true}
 	for {
 		n, err := w.recv()
 		if errors.Is(err, unix.ENOBUFS) {
-			trusted = false
+			d.trusted = false
 			continue
 		}
 		if err != nil {
 			return false, err
 		}
-		done := false
-		err = eachMsg(w.buf[:n], func(h nlHeader, payload []byte) error {
-			mine := h.pid == w.pid
-			if mine && h.seq != seq {
-				return nil // from an abandoned dump
-			}
-			if mine {
-				live = true
-			}
-			switch h.typ {
-			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				if !mine {
-					return nil
-				}
-				done = true
-				errno := nlErrno(payload)
-				switch errno {
-				case 0:
-					return nil
-				case unix.EBUSY, unix.ENOBUFS, unix.EINTR:
-					// Another dump still ran, or the kernel could not
-					// queue ours: try again.
-					trusted = false
-					return nil
-				}
-				return fmt.Errorf("netwatch: link dump (family %d): %w", family, errno)
-			case rtmNewLink, rtmDelLink:
-				if !live {
-					return nil
-				}
-				if err := w.msg.decode(h.typ, payload); err != nil {
-					return err
-				}
-				t.apply(&w.msg)
-			}
-			return nil
-		})
+		done, err := w.dumpDatagram(&d, t, w.buf[:n])
 		if err != nil {
 			return false, err
 		}
 		if done {
-			return trusted, nil
+			if d.interrupted {
+				w.interrupted.Add(1)
+			}
+			return d.trusted, nil
 		}
 	}
+}
+
+// dumpState is one link dump in progress.
+type dumpState struct {
+	seq    uint32
+	family uint8
+	// live: notifications are applied (the first reply has been seen, or
+	// this is the second dump of a resync).
+	live bool
+	// trusted stays true while nothing was lost or interrupted.
+	trusted bool
+	// interrupted: the kernel flagged a reply NLM_F_DUMP_INTR.
+	interrupted bool
+}
+
+// nlmFDumpIntr is NLM_F_DUMP_INTR: the kernel's table changed while it
+// was being dumped, so the dump may have skipped entries. On kernels before
+// 6.7 a link deleted mid-dump makes the next link vanish from it; trusting
+// such a dump would invent a deletion.
+const nlmFDumpIntr = 0x10
+
+// dumpDatagram applies one datagram read during a dump to t and reports
+// whether the dump's NLMSG_DONE (or error) was in it.
+func (w *Watcher) dumpDatagram(d *dumpState, t table, b []byte) (bool, error) {
+	done := false
+	err := eachMsg(b, func(h nlHeader, payload []byte) error {
+		mine := h.pid == w.pid
+		if mine && h.seq != d.seq {
+			return nil // from an abandoned dump
+		}
+		if mine {
+			d.live = true
+			if h.flags&nlmFDumpIntr != 0 {
+				d.trusted, d.interrupted = false, true
+			}
+		}
+		switch h.typ {
+		case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+			if !mine {
+				return nil
+			}
+			done = true
+			errno := nlErrno(payload)
+			switch errno {
+			case 0:
+				return nil
+			case unix.EBUSY, unix.ENOBUFS, unix.EINTR:
+				// Another dump still ran, or the kernel could not
+				// queue ours: try again.
+				d.trusted = false
+				return nil
+			}
+			return fmt.Errorf("netwatch: link dump (family %d): %w", d.family, errno)
+		case rtmNewLink, rtmDelLink:
+			if !d.live {
+				return nil
+			}
+			if err := w.msg.decode(h.typ, payload); err != nil {
+				return err
+			}
+			t.apply(&w.msg)
+		}
+		return nil
+	})
+	return done, err
 }
 
 // recv reads one datagram into w.buf, waiting through the runtime poller so

@@ -21,6 +21,19 @@ type Writer interface {
 	WriteFrame(b []byte) error
 }
 
+// Pender is implemented by a Writer that may not be able to write yet,
+// such as an OpenFlow session still being dialled. Pending returns nil
+// when the writer is ready, else a channel closed once it may be. The
+// engine then holds that burst's first round back, for at most ReadyWait,
+// without holding back any other burst; it never waits on a writer.
+type Pender interface {
+	Pending() <-chan struct{}
+}
+
+// ReadyWait bounds how long a burst waits for its writers (Pender) before
+// its first round goes out regardless, its writes then failing fast.
+const ReadyWait = 500 * time.Millisecond
+
 // Packet is one frame of a round and where it goes.
 type Packet struct {
 	W    Writer
@@ -63,19 +76,22 @@ type Observer interface {
 
 // Engine schedules bursts. Create with New and stop with Close.
 type Engine struct {
-	mu      sync.Mutex
-	wake    chan struct{}
-	bursts  map[string]*running
-	first   []*running // due first rounds, FIFO: they jump every queue
-	later   laterHeap  // later rounds by due time
-	tokens  float64
-	last    time.Time
-	rate    float64
-	cap     float64
-	obs     Observer
-	closed  bool
-	stopped chan struct{}
-	now     func() time.Time
+	mu     sync.Mutex
+	wake   chan struct{}
+	bursts map[string]*running
+	first  []*running // due first rounds, FIFO: they jump every queue
+	later  laterHeap  // later rounds by due time
+	tokens float64
+	last   time.Time
+	rate   float64
+	cap    float64
+	obs    Observer
+	closed bool
+	quit   chan struct{} // closed by Close: ends holds for pending writers
+	// readyWait is ReadyWait; tests lengthen it.
+	readyWait time.Duration
+	stopped   chan struct{}
+	now       func() time.Time
 
 	// finishing counts bursts ended whose Done has not returned yet.
 	finishing int
@@ -108,13 +124,15 @@ func newEngine(rate int, obs Observer, now func() time.Time) *Engine {
 		rate = 1
 	}
 	e := &Engine{
-		wake:    make(chan struct{}, 1),
-		bursts:  map[string]*running{},
-		rate:    float64(rate),
-		cap:     max(1, float64(rate)/10),
-		obs:     obs,
-		stopped: make(chan struct{}),
-		now:     now,
+		wake:      make(chan struct{}, 1),
+		bursts:    map[string]*running{},
+		rate:      float64(rate),
+		cap:       max(1, float64(rate)/10),
+		obs:       obs,
+		quit:      make(chan struct{}),
+		readyWait: ReadyWait,
+		stopped:   make(chan struct{}),
+		now:       now,
 	}
 	e.tokens = e.cap
 	e.last = e.now()
@@ -143,12 +161,57 @@ func (e *Engine) Start(b *Burst) error {
 	}
 	r := &running{b: b, res: Result{Key: b.Key, Queued: now}, due: now, idx: -1}
 	e.bursts[b.Key] = r
-	e.first = append(e.first, r)
+	pending := pendingWriters(b.Packets)
+	if pending == nil {
+		e.first = append(e.first, r)
+	}
 	e.finishing += len(ended)
 	e.mu.Unlock()
 	e.finish(ended)
+	if pending != nil {
+		go e.hold(r, pending)
+	}
 	e.poke()
 	return nil
+}
+
+// pendingWriters returns the channels of the packets' writers that are not
+// ready yet, nil when all are.
+func pendingWriters(ps []Packet) []<-chan struct{} {
+	var out []<-chan struct{}
+	for i, p := range ps {
+		pd, ok := p.W.(Pender)
+		if !ok || (i > 0 && p.W == ps[i-1].W) {
+			continue
+		}
+		if ch := pd.Pending(); ch != nil {
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// hold queues r's first round once its writers are ready, or ReadyWait
+// has passed, unless it was cancelled meanwhile.
+func (e *Engine) hold(r *running, pending []<-chan struct{}) {
+	t := time.NewTimer(e.readyWait)
+	defer t.Stop()
+wait:
+	for _, ch := range pending {
+		select {
+		case <-ch:
+		case <-t.C:
+			break wait
+		case <-e.quit:
+			return
+		}
+	}
+	e.mu.Lock()
+	if !r.dead && !e.closed {
+		e.first = append(e.first, r)
+	}
+	e.mu.Unlock()
+	e.poke()
 }
 
 // Cancel ends the burst for key, if one runs. It reports whether one did.
@@ -181,6 +244,7 @@ func (e *Engine) Close() {
 		return
 	}
 	e.closed = true
+	close(e.quit)
 	var ended []*running
 	for _, r := range e.bursts {
 		ended = append(ended, e.cancelLocked(r))
@@ -302,11 +366,22 @@ func (e *Engine) step() (time.Duration, bool) {
 		}
 		e.tokens--
 		p := r.b.Packets[r.next]
-		// Writes happen under the lock: they are single non-blocking
-		// syscalls, and holding it keeps Cancel exact: after Cancel
-		// returns, no further frame of that burst leaves.
+		// The write happens outside the lock: Start, Cancel and Active,
+		// which the daemon calls from its event loop, never wait on a
+		// writer. Only this goroutine writes, so r stays at the head of
+		// its queue meanwhile unless Cancel or Start ends it; a frame
+		// already being written when Cancel returns may still leave.
+		e.mu.Unlock()
 		err := p.W.WriteFrame(p.Data)
+		e.mu.Lock()
 		t := e.now()
+		if e.obs != nil {
+			e.obs.FrameWritten(p.Kind, err)
+		}
+		if r.dead {
+			// Ended (and reported) while its frame was being written.
+			continue
+		}
 		if err != nil {
 			r.res.Failed++
 			r.res.Err = err
@@ -316,9 +391,6 @@ func (e *Engine) step() (time.Duration, bool) {
 				r.res.FirstFrame = t
 			}
 			r.res.LastFrame = t
-		}
-		if e.obs != nil {
-			e.obs.FrameWritten(p.Kind, err)
 		}
 		r.next++
 		if r.next < len(r.b.Packets) {
@@ -331,7 +403,7 @@ func (e *Engine) step() (time.Duration, bool) {
 		if r.round == 1 {
 			e.first = e.first[1:]
 		} else {
-			heap.Pop(&e.later)
+			heap.Remove(&e.later, r.idx)
 		}
 		if r.round >= r.b.Schedule.Rounds {
 			delete(e.bursts, r.b.Key)

@@ -16,9 +16,19 @@ import (
 // DefaultRunDir is where ovs-vswitchd creates <bridge>.mgmt sockets.
 const DefaultRunDir = "/var/run/openvswitch"
 
-// writeTimeout bounds a single write so a wedged ovs-vswitchd cannot block
-// an announcement schedule forever.
+// writeTimeout bounds a single write on the socket. Writes run on the
+// session's own writer goroutine, never on a caller's: a switch that stops
+// reading for this long loses the session.
 const writeTimeout = 5 * time.Second
+
+// queueLen is how many messages may wait for the writer. A switch that lets
+// this many pile up is not reading; later messages fail at once with
+// ErrBacklog rather than wait.
+const queueLen = 256
+
+// ErrBacklog is returned when the switch has stopped reading the session
+// and its queue is full.
+var ErrBacklog = errors.New("openflow: switch is not reading (send queue full)")
 
 // maxOrphans caps errors kept for Flush; older ones are counted, not kept.
 const maxOrphans = 64
@@ -42,7 +52,7 @@ type Conn struct {
 	version uint8
 	xid     atomic.Uint32
 
-	wmu sync.Mutex // serialises whole messages on the socket
+	out chan []byte // whole messages for the writer goroutine
 
 	mu       sync.Mutex
 	barriers map[uint32]chan struct{}
@@ -87,6 +97,7 @@ func handshake(ctx context.Context, nc net.Conn) (*Conn, error) {
 		barriers: map[uint32]chan struct{}{},
 		claims:   map[uint32]*Error{},
 		claimed:  map[uint32]bool{},
+		out:      make(chan []byte, queueLen),
 		done:     make(chan struct{}),
 	}
 	werr := make(chan error, 1)
@@ -118,6 +129,7 @@ func handshake(ctx context.Context, nc net.Conn) (*Conn, error) {
 	}
 	c.version = v
 	nc.SetDeadline(time.Time{})
+	go c.writeLoop()
 	go c.readLoop()
 	if err := c.Flush(ctx); err != nil {
 		c.Close()
@@ -155,19 +167,43 @@ func readMsg(r io.Reader) ([]byte, error) {
 	return msg, nil
 }
 
+// write queues one whole message for the writer goroutine and returns at
+// once: no caller, the burst engine least of all, ever waits on the
+// socket. A failed write ends the session, which callers see as ErrClosed.
 func (c *Conn) write(b []byte) error {
 	select {
 	case <-c.done:
 		return c.closedErr()
 	default:
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := c.nc.Write(b); err != nil {
-		return fmt.Errorf("openflow: write: %w", err)
+	select {
+	case c.out <- b:
+		return nil
+	default:
+		return ErrBacklog
 	}
-	return nil
+}
+
+// writeLoop puts queued messages on the socket in order.
+func (c *Conn) writeLoop() {
+	for {
+		select {
+		case b := <-c.out:
+			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if _, err := c.nc.Write(b); err != nil {
+				c.mu.Lock()
+				if c.readErr == nil {
+					c.readErr = fmt.Errorf("write: %w", err)
+				}
+				c.mu.Unlock()
+				// Ends readLoop, which closes done.
+				c.nc.Close()
+				return
+			}
+		case <-c.done:
+			return
+		}
+	}
 }
 
 func (c *Conn) readLoop() {
@@ -233,9 +269,10 @@ func (c *Conn) closedErr() error {
 }
 
 // PacketOut asks the switch to process frame as if it had arrived on
-// inPort, then apply a. It returns once the message is written; a rejection
-// by the switch surfaces from the next Flush. Use PacketOutSync to learn
-// the outcome of this very frame.
+// inPort, then apply a. It returns once the message is queued, without
+// waiting on the socket (ErrBacklog if the switch has stopped reading); a
+// rejection by the switch surfaces from the next Flush. Use PacketOutSync
+// to learn the outcome of this very frame.
 func (c *Conn) PacketOut(inPort uint32, a Action, frame []byte) error {
 	b, err := encodePacketOut(c.version, c.nextXid(), inPort, a, frame)
 	if err != nil {

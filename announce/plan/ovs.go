@@ -75,9 +75,11 @@ type ofWriter struct {
 	ofport int // at plan time, for Describe only
 }
 
-// writeWait bounds how long a frame waits for a (re)connection: the burst
-// engine's goroutine serves every guest.
-const writeWait = 500 * time.Millisecond
+// ErrNoSession is returned for a frame when no OpenFlow session with the
+// bridge is up: the pool redials in the background, and the frame is
+// failed at once rather than wait, since the burst engine's goroutine
+// serves every guest, Linux-bridge ones included.
+var ErrNoSession = errors.New("no OpenFlow session")
 
 func (w *ofWriter) WriteFrame(b []byte) error {
 	// OVS does not check in_port: a stale number would announce the guest
@@ -90,23 +92,32 @@ func (w *ofWriter) WriteFrame(b []byte) error {
 		return fmt.Errorf("OVS interface %s has no ofport (%d)", w.name, p.OFPort)
 	}
 	sock := openflow.MgmtSocket(w.rundir, p.Bridge)
-	var err error
-	for try := 0; try < 2; try++ {
-		var c *openflow.Conn
-		ctx, cancel := context.WithTimeout(context.Background(), writeWait)
-		c, err = w.pool.Get(ctx, sock)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if err = c.PacketOut(uint32(p.OFPort), w.action, b); err == nil {
-			w.pool.wrote(sock, c)
-			return nil
-		}
-		// A restarted ovs-vswitchd closes the session: redial once.
-		w.pool.drop(sock, c)
+	c, err := w.pool.Live(sock)
+	if err != nil {
+		return err
 	}
-	return err
+	if err := c.PacketOut(uint32(p.OFPort), w.action, b); err != nil {
+		if isDone(c) {
+			// A restarted ovs-vswitchd closed the session: redial in the
+			// background for the next frame.
+			w.pool.drop(sock, c)
+			w.pool.Warm(sock)
+		}
+		return fmt.Errorf("packet-out on %s: %w", sock, err)
+	}
+	w.pool.wrote(sock, c)
+	return nil
+}
+
+// Pending implements burst.Pender: while the session with the VIF's bridge
+// is being dialled, the engine holds this burst back (and only this one)
+// instead of failing its first frames.
+func (w *ofWriter) Pending() <-chan struct{} {
+	p, ok := w.ports.Lookup(w.name)
+	if !ok {
+		return nil
+	}
+	return w.pool.Pending(openflow.MgmtSocket(w.rundir, p.Bridge))
 }
 
 func (w *ofWriter) Describe() string {
@@ -182,6 +193,40 @@ func (p *OFPool) Get(ctx context.Context, sock string) (*openflow.Conn, error) {
 		return nil, e.err
 	}
 	return nil, openflow.ErrClosed
+}
+
+// Live returns the live session with sock at once, or ErrNoSession while
+// there is none, after starting a dial in the background. It never waits.
+func (p *OFPool) Live(sock string) (*openflow.Conn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, openflow.ErrClosed
+	}
+	e := p.entry(sock)
+	if e.conn != nil && !isDone(e.conn) {
+		return e.conn, nil
+	}
+	p.dialLocked(sock, e)
+	if e.err != nil {
+		return nil, fmt.Errorf("%w with %s (connecting; last attempt: %v)", ErrNoSession, sock, e.err)
+	}
+	return nil, fmt.Errorf("%w with %s (connecting)", ErrNoSession, sock)
+}
+
+// Pending returns a channel closed when the dial with sock in flight ends,
+// starting one if there is no session; nil when a session is up.
+func (p *OFPool) Pending(sock string) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	e := p.entry(sock)
+	if e.conn != nil && !isDone(e.conn) {
+		return nil
+	}
+	return p.dialLocked(sock, e)
 }
 
 // Warm starts connecting to sock in the background if no session exists.

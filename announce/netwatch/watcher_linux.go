@@ -173,6 +173,7 @@ func (w *Watcher) resync() (table, error) {
 			return nil, err
 		}
 		t := table{}
+		intr := w.interrupted.Load()
 		ok, err := w.dump(t, 0, false)
 		if err == nil && ok {
 			ok, err = w.dump(t, afBridge, true)
@@ -183,7 +184,9 @@ func (w *Watcher) resync() (table, error) {
 		if ok {
 			return t, nil
 		}
-		w.overruns.Add(1)
+		if w.interrupted.Load() == intr {
+			w.overruns.Add(1)
+		}
 	}
 }
 

@@ -27,6 +27,9 @@ type Plan struct {
 	VLAN    uint16
 	Guest   announce.Guest
 	Outputs []Output // where frames leave, with the tag each needs
+	// Unused are uplinks left out because they cannot forward now, each
+	// with why ("STP blocking", "no carrier"), for the dry-run and logs.
+	Unused []string
 	Packets []burst.Packet
 	// Repair fixes the host's own forwarding table before the first frame;
 	// nil when the backend needs none (OVS learns from the packet-out).
@@ -63,6 +66,9 @@ func (l *Linux) Plan(port string, g announce.Guest) (*Plan, error) {
 // FromPath builds the plan for an already resolved path.
 func (l *Linux) FromPath(p *linuxbr.Path, g announce.Guest) (*Plan, error) {
 	pl := &Plan{Port: p.Port.Name, Backend: "linux-bridge", Bridge: p.Bridge.Name, VLAN: p.VLAN, Guest: g}
+	for _, u := range p.Unusable {
+		pl.Unused = append(pl.Unused, u.Name+": "+u.Why)
+	}
 	perUplink := make([][]frame.Frame, len(p.Uplinks))
 	for i, u := range p.Uplinks {
 		fs, err := frame.Round(g, u.VLAN)
@@ -112,6 +118,9 @@ func (pl *Plan) Describe(w io.Writer, s schedule.Schedule) {
 	fmt.Fprintf(w, "guest %s  (from %s)\n", pl.Guest.String(), pl.Guest.Source)
 	for _, o := range pl.Outputs {
 		fmt.Fprintf(w, "uplink %s  tag %s\n", o.Via, vlanStr(o.VLAN))
+	}
+	for _, u := range pl.Unused {
+		fmt.Fprintf(w, "uplink %s  not used\n", u)
 	}
 	if pl.Repair != nil {
 		fmt.Fprintf(w, "repair bridge %s: fdb %s -> %s (dynamic)\n", pl.Bridge, pl.Guest.MAC, pl.Port)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,7 +46,8 @@ type fdbOps interface {
 //     anti-spoofing setup or an EVPN control plane such as FRR owns it;
 //   - a dynamic entry on another live port of the bridge: another VM has
 //     that MAC now, and moving it would let a guest that spoofs a
-//     neighbour's address take the neighbour's traffic.
+//     neighbour's address take the neighbour's traffic. The guest's own
+//     sibling port (vifN.M-emu or tapN.M beside vifN.M) is not another VM.
 //
 // Addresses of the host's other interfaces are the callers' to refuse
 // before planning (resolve.DropHostOwned).
@@ -193,7 +195,7 @@ func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (
 		if err != nil {
 			return false, fmt.Errorf("bridge %q: FDB entry %s vlan %d points at ifindex %d: %v", p.Bridge.Name, mac, vid, e.Port, err)
 		}
-		if exists && master == p.Bridge.Index {
+		if exists && master == p.Bridge.Index && !siblingPorts(name, p.Port.Name) {
 			return refuse(RefuseVMPort, name)
 		}
 		// The port is gone, or left the bridge: the entry is a leftover.
@@ -205,6 +207,22 @@ func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (
 		return false, fmt.Errorf("bridge %q: repairing FDB entry %s vlan %d: %v", p.Bridge.Name, mac, vid, err)
 	}
 	return true, nil
+}
+
+// siblingPorts reports whether a and b are two ports of one Xen guest NIC:
+// the netback vif and the emulated NIC's tap of an HVM guest (vifN.M and
+// vifN.M-emu with xl, vifN.M and tapN.M on XenServer). The guest's MAC moves
+// between them when its PV drivers take over, and both are the guest's.
+func siblingPorts(a, b string) bool {
+	norm := func(n string) string {
+		n = strings.TrimSuffix(n, "-emu")
+		if rest, ok := strings.CutPrefix(n, "tap"); ok {
+			n = "vif" + rest
+		}
+		return n
+	}
+	na, nb := norm(a), norm(b)
+	return a != b && strings.HasPrefix(na, "vif") && na == nb
 }
 
 // isUplink reports whether ifindex is one of the bridge's uplinks on the

@@ -290,3 +290,30 @@ func TestRepairRefusesOwnedEntries(t *testing.T) {
 		}
 	}
 }
+
+// The guest's own sibling port (an HVM guest's emulated NIC beside its
+// netback vif) is the guest's: its entry moves.
+func TestRepairMovesFromSiblingPort(t *testing.T) {
+	memNames[6] = "vif1.0-emu"
+	defer func() { memNames[6] = "vif6.0" }()
+	m := newMemFDB(fdbEntry{Port: 6, Master: 1, MAC: guestMAC, State: nudReachable})
+	changed, err := repairFDB(context.Background(), m, path0(false, 0), guestMAC)
+	if err != nil || !changed || m.fdb[0].Port != 3 {
+		t.Fatalf("changed=%v err=%v fdb=%+v", changed, err, m.fdb)
+	}
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"vif3.0", "vif3.0-emu", true},
+		{"tap3.0", "vif3.0", true},
+		{"vif3.0", "vif3.1", false},
+		{"vif3.0", "vif13.0", false},
+		{"vnet3", "vnet3-emu", false},
+		{"vif3.0", "vif3.0", false},
+	} {
+		if got := siblingPorts(tc.a, tc.b); got != tc.want {
+			t.Errorf("siblingPorts(%q, %q) = %v", tc.a, tc.b, got)
+		}
+	}
+}

@@ -29,7 +29,7 @@ type Plan struct {
 	Outputs []Output // where frames leave, with the tag each needs
 	// Unused are uplinks left out because they cannot forward now, each
 	// with why ("STP blocking", "no carrier"), for the dry-run and logs.
-	Unused []string
+	Unused  []string
 	Packets []burst.Packet
 	// Repair fixes the host's own forwarding table before the first frame;
 	// nil when the backend needs none (OVS learns from the packet-out).

@@ -231,7 +231,7 @@ func TestTableHostPortState(t *testing.T) {
 	links := []TableLink{
 		{Link: link("br0", 1), Kind: KindBridge},
 		{Link: link("eth0", 2), Kind: KindVeth, Master: 1},
-		{Link: link("eth1", 3), Kind: KindVeth, Master: 1, State: &PortState{STP: BRBlocking}},
+		{Link: link("eth1", 3), Kind: KindVeth, Master: 1, State: PortState{STP: BRBlocking}, HasState: true},
 		{Link: link("vif1.0", 4), Master: 1},
 	}
 	p, err := Resolve(&TableHost{Links: links}, "vif1.0", nil)

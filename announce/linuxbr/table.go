@@ -14,8 +14,11 @@ type TableLink struct {
 	// Master is the ifindex of the link's master, 0 when it has none.
 	Master int
 	// State is the port's carrier and STP state, from the same link
-	// messages; nil means unknown, and the port is taken to forward.
-	State *PortState
+	// messages, when HasState is set; without it the port is taken to
+	// forward. (A value, not a pointer: the daemon builds a table per
+	// arrival and keeps it allocation-free.)
+	State    PortState
+	HasState bool
 }
 
 // TableHost is a Host over links the caller already holds: the daemon keeps
@@ -165,10 +168,10 @@ func (h *TableHost) PortState(name string) (PortState, error) {
 	if err != nil {
 		return PortState{}, err
 	}
-	if l.State == nil {
+	if !l.HasState {
 		return PortState{STP: BRUnknown}, nil
 	}
-	return *l.State, nil
+	return l.State, nil
 }
 
 // SysfsVLANFiltering reads a bridge's vlan_filtering from sysfs under

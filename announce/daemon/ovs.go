@@ -196,6 +196,9 @@ func (dm *Daemon) ovsTrack(op ovs.Port) *port {
 	if tr == config.TriggerGuestFrame && !p.frameSeen {
 		dm.startListening(p)
 	}
+	if tr != config.TriggerManual {
+		dm.prefetch(p)
+	}
 	return p
 }
 

@@ -341,6 +341,13 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 		return
 	}
 	dm.links[l.Index] = l
+	if op := dm.ports[ovsKey(l.Name)]; op != nil {
+		// The name moved from Open vSwitch to a Linux bridge (a stale
+		// OVSDB row, a reused vnetN): netlink's master wins.
+		dm.leave(op, "on a Linux bridge")
+		dm.stopListening(op)
+		delete(dm.ports, op.key)
+	}
 	p := dm.ports[key]
 	if p == nil {
 		if p = dm.track(l); p == nil {

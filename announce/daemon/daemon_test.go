@@ -88,6 +88,7 @@ type planner struct {
 	planErr   map[string]error // by port
 	planned   int              // frames of every first round planned
 	bridges   map[string]string // by port; xenbr0 when unset
+	vlans     map[string]uint16 // by port
 }
 
 func (p *planner) Plan(port string, g announce.Guest) (*plan.Plan, error) {
@@ -109,6 +110,7 @@ func (p *planner) Plan(port string, g announce.Guest) (*plan.Plan, error) {
 	if b := p.bridges[port]; b != "" {
 		pl.Bridge = b
 	}
+	pl.VLAN = p.vlans[port]
 	rerr := p.repairErr
 	n := len(pl.Packets)
 	// Counted when repaired: only an arrival that goes ahead is repaired.
@@ -216,6 +218,7 @@ type fakeListener struct {
 	ls      *listeners
 	ifindex int
 	frames  chan net.HardwareAddr
+	broken  chan struct{}
 	closed  chan struct{}
 	once    sync.Once
 }
@@ -226,7 +229,7 @@ func (ls *listeners) listen(ifindex int) (FrameListener, error) {
 	if ls.failOn[ifindex] {
 		return nil, errors.New("no such device")
 	}
-	l := &fakeListener{ls: ls, ifindex: ifindex, frames: make(chan net.HardwareAddr), closed: make(chan struct{})}
+	l := &fakeListener{ls: ls, ifindex: ifindex, frames: make(chan net.HardwareAddr), broken: make(chan struct{}), closed: make(chan struct{})}
 	ls.open[ifindex] = append(ls.open[ifindex], l)
 	return l, nil
 }
@@ -237,7 +240,27 @@ func (l *fakeListener) Wait(ctx context.Context) (net.HardwareAddr, time.Time, e
 		return nil, time.Time{}, ctx.Err()
 	case src := <-l.frames:
 		return src, time.Now(), nil
+	case <-l.broken:
+		return nil, time.Time{}, errors.New("recvmsg: network is down")
 	}
+}
+
+// breakAll makes every listener on ifindex fail, as a packet socket does
+// when its device goes away under it, and returns once the daemon has
+// closed them.
+func (ls *listeners) breakAll(ifindex int) int {
+	ls.mu.Lock()
+	open := append([]*fakeListener(nil), ls.open[ifindex]...)
+	ls.mu.Unlock()
+	for _, l := range open {
+		close(l.broken)
+		select {
+		case <-l.closed:
+		case <-time.After(10 * time.Second):
+			panic("broken listener never closed")
+		}
+	}
+	return len(open)
 }
 
 func (l *fakeListener) Close() error {
@@ -497,6 +520,8 @@ func (h *harness) metric(name string, labels ...string) float64 {
 		return toFloat(h.m.Arrivals)
 	case "resolve_failures":
 		return toFloat(h.m.ResolveFailures)
+	case "retries":
+		return toFloat(h.m.ArrivalRetries)
 	case "ports":
 		return toFloat(h.m.Ports.WithLabelValues(labels...))
 	}

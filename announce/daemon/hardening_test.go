@@ -3,9 +3,13 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/selfannounce/selfannounce/announce"
 	"github.com/selfannounce/selfannounce/announce/config"
@@ -373,4 +377,56 @@ func TestReloadWatchingABridgeIsNoArrival(t *testing.T) {
 	h.link(down(vif))
 	h.link(vif)
 	h.wantBursts(macA, 1)
+}
+
+// The systemd watchdog is fed through the event path: while the daemon's
+// lock is held (a wedged event loop), no WATCHDOG=1 reaches the notify
+// socket and the feeder takes no further tick; once the loop runs again,
+// the pings resume (item 4).
+func TestWatchdogStopsWhileEventLoopWedged(t *testing.T) {
+	h := newHarness(t, nil)
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	ping := func() string {
+		buf := make([]byte, 256)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no watchdog ping: %v", err)
+		}
+		return string(buf[:n])
+	}
+	tick := make(chan time.Time) // unbuffered: a tick is taken only by a feeder ready for it
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.dm.Watchdog(ctx, tick, func() { sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog) })
+
+	tick <- time.Now()
+	if m := ping(); m != "WATCHDOG=1" {
+		t.Fatalf("notify message %q", m)
+	}
+	h.dm.mu.Lock() // the event loop wedges
+	tick <- time.Now()
+	next := make(chan struct{})
+	go func() { tick <- time.Now(); close(next) }()
+	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := conn.Read(make([]byte, 256)); err == nil {
+		t.Errorf("watchdog pinged (%d bytes) while the event loop was wedged", n)
+	}
+	select {
+	case <-next:
+		t.Error("the feeder took another tick while the event loop was wedged")
+	default:
+	}
+	h.dm.mu.Unlock()
+	if m := ping(); m != "WATCHDOG=1" {
+		t.Fatalf("notify message %q", m)
+	}
+	<-next
+	ping()
 }

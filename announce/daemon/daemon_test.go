@@ -85,8 +85,8 @@ type planner struct {
 	uplinks   []string
 	mu        sync.Mutex
 	repairErr error
-	planErr   map[string]error // by port
-	planned   int              // frames of every first round planned
+	planErr   map[string]error  // by port
+	planned   int               // frames of every first round planned
 	bridges   map[string]string // by port; xenbr0 when unset
 	vlans     map[string]uint16 // by port
 }

@@ -126,10 +126,10 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	res.set(cfg)
 	defer res.close()
 	dm := daemon.New(cfg, daemon.Deps{
-		Log:     log,
-		Engine:  engine,
-		Linux:   &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys"), fdb: fdb},
-		Metrics: m,
+		Log:          log,
+		Engine:       engine,
+		Linux:        &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys"), fdb: fdb},
+		Metrics:      m,
 		Resolve:      res.resolve,
 		HostIPs:      hostIPs.List,
 		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },

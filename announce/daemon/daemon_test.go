@@ -724,6 +724,18 @@ func TestGuestFrameTrigger(t *testing.T) {
 		h.wantBursts(macA, 1)
 	})
 	optIn := func(c *config.Config) { c.TrustGuestFrameMAC = true }
+	t.Run("no frame fallback by default", func(t *testing.T) {
+		// A guest can put any MAC in a frame: without the opt-in, its
+		// first frame's source never names it (#11 item 1).
+		h := newHarness(t, nil)
+		h.start(down(tap))
+		h.link(tap)
+		h.fire(tap, macB)
+		h.wantSilence()
+		if h.metric("resolve_failures") != 1 {
+			t.Errorf("resolve failures %v, want 1", h.metric("resolve_failures"))
+		}
+	})
 	t.Run("frame source when no resolver knows the guest", func(t *testing.T) {
 		h := newHarness(t, optIn)
 		h.start(down(tap))

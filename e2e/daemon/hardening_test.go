@@ -1,0 +1,205 @@
+//go:build linux
+
+package daemon_test
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/selfannounce/selfannounce/internal/proctest"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
+)
+
+// noResolvers keeps the daemon from knowing any guest but those in extra:
+// no xenstored, and a libvirt status directory of its own, empty.
+func noResolvers(t *testing.T, extra string) string {
+	return fmt.Sprintf("xenstore:\n  path: \"off\"\nlibvirt:\n  status-dir: %q\n%s", t.TempDir(), extra)
+}
+
+// ethFrame is a minimal frame from src to dst with ethertype et.
+func ethFrame(dst, src net.HardwareAddr, et uint16) []byte {
+	f := make([]byte, 60)
+	copy(f[0:6], dst)
+	copy(f[6:12], src)
+	f[12], f[13] = byte(et>>8), byte(et)
+	return f
+}
+
+// A tenant on a tap that no resolver knows sends, as its first frame, one
+// carrying a neighbour VM's MAC. The host has the usual anti-spoofing for
+// such a port: learning off, and the frame is one the bridge does not
+// forward (an LLDP-addressed frame, as a filter would drop it). The
+// daemon's packet socket still sees it. With the default config, neither
+// the host bridge's entry for the neighbour nor the switch may move, and
+// nothing leaves for that MAC (#11 item 1).
+func TestGuestFrameSpoofingNeighbourMAC(t *testing.T) {
+	bin := requireE2E(t)
+	h := newHost(t)
+	t0 := time.Now()
+	neighbour, _ := net.ParseMAC(macN(3))
+
+	// The neighbour VM, known to the bridge on vif3.0.
+	h.addVif("vif3.0", "g3")
+	// The guest ends send nothing of their own (no IPv6 autoconfiguration):
+	// every frame from the neighbour's MAC after the spoof is the spoof's
+	// or the daemon's doing.
+	sh(t, h.guests, "sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.g3.disable_ipv6=1")
+	sh(t, h.guests, "ip link set g3 address "+neighbour.String()+" up")
+	wiretest.WaitForwarding(t, h.ns, 10*time.Second, "vif3.0")
+	if err := wiretest.Inject(h.guests, "g3", ethFrame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, neighbour, 0x88b5)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.fdb()[neighbour.String()] != "vif3.0" {
+		if time.Now().After(deadline) {
+			t.Fatalf("host bridge never learned the neighbour on vif3.0: %v", h.fdb())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	t.Logf("neighbour learned after %v", time.Since(t0))
+	d := startDaemon(t, bin, h.ns, writeConfig(t, noResolvers(t, "")))
+	// The tenant's tap (trigger guest-frame), anti-spoofed: learning off.
+	h.addVif("vnet7", "g7")
+	sh(t, h.guests, "sysctl -qw net.ipv6.conf.g7.disable_ipv6=1")
+	sh(t, h.ns, "bridge link set dev vnet7 learning off")
+	h.setGuest("g7", true)
+	wiretest.WaitForwarding(t, h.ns, 10*time.Second, "vnet7")
+
+	t.Logf("tap forwarding after %v", time.Since(t0))
+	spoofed := time.Now()
+	lldp := net.HardwareAddr{0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e}
+	if err := wiretest.Inject(h.guests, "g7", ethFrame(lldp, neighbour, 0x88cc)); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon saw the frame and refused to take its MAC as the guest's.
+	l, ok := d.waitLog(5*time.Second, func(l proctest.Log) bool {
+		return l.Str("port") == "vnet7" && (strings.HasPrefix(l.Msg, "not announced") || l.Msg == "burst")
+	})
+	if !ok {
+		t.Fatal("the daemon never acted on the tap's first frame: the test proves nothing")
+	}
+	t.Logf("daemon: %s", l.Msg)
+	time.Sleep(time.Second) // a burst's first rounds, had one started
+	if got := h.fdb()[neighbour.String()]; got != "vif3.0" {
+		t.Errorf("host bridge forwards the neighbour's MAC to %q, want still vif3.0", got)
+	}
+	if fs := h.wire.all(func(f frame) bool { return f.Src == neighbour.String() && f.At.After(spoofed) }); len(fs) != 0 {
+		t.Errorf("%d frames from the neighbour's MAC reached the switch after the spoof (%v): the switch moved", len(fs), kinds(fs))
+	}
+	if l.Msg == "burst" {
+		t.Errorf("the daemon announced the spoofed MAC from vnet7")
+	}
+}
+
+// stallServer is a xenstored that accepts connections and reads requests
+// but never answers one: a wedged dependency.
+type stallServer struct {
+	path string
+	mu   sync.Mutex
+	reqs []time.Time // when each read returned bytes
+}
+
+func newStallServer(t *testing.T) *stallServer {
+	t.Helper()
+	s := &stallServer{path: filepath.Join(t.TempDir(), "xenstored")}
+	ln, err := net.Listen("unix", s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var cmu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		cmu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		cmu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			cmu.Lock()
+			conns = append(conns, c)
+			cmu.Unlock()
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						s.mu.Lock()
+						s.reqs = append(s.reqs, time.Now())
+						s.mu.Unlock()
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return s
+}
+
+func (s *stallServer) requestsSince(t0 time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.reqs {
+		if r.After(t0) {
+			n++
+		}
+	}
+	return n
+}
+
+// A xenstored that never answers, asked about one Linux-bridge port, must
+// not hold up another port's arrival: the other port's first frame is on
+// the wire while the wedged resolve is still blocked, i.e. before the
+// daemon has given up on it (#11 item 3).
+func TestWedgedXenstoreDoesNotDelayOtherArrival(t *testing.T) {
+	bin := requireE2E(t)
+	h := newHost(t)
+	xs := newStallServer(t)
+	other := macN(2)
+	h.addVif("vif1.0", "g1") // known only to xenstore: its resolve wedges
+	h.addVif("vif2.0", "g2") // in the config
+	cfg := fmt.Sprintf("xenstore:\n  path: %q\nlibvirt:\n  status-dir: %q\nguests:\n%s", xs.path, t.TempDir(), guestYAML("vif2.0", other, "10.0.0.20"))
+	d := startDaemon(t, bin, h.ns, writeConfig(t, cfg))
+
+	up1 := time.Now()
+	h.setGuest("g1", true)
+	deadline := time.Now().Add(5 * time.Second)
+	for xs.requestsSince(up1) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon never asked xenstored about vif1.0")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	up2 := time.Now()
+	h.setGuest("g2", true)
+	fs := h.wire.waitFor(10*time.Second, 1, func(f frame) bool { return f.Kind == kindRARP && f.Src == other })
+	if len(fs) == 0 {
+		t.Fatal("vif2.0 never announced")
+	}
+	gaveUp := d.Logs(func(l proctest.Log) bool {
+		return l.Str("port") == "vif1.0" && (strings.HasPrefix(l.Msg, "not announced") || strings.HasPrefix(l.Msg, "arrival failed"))
+	})
+	t.Logf("vif2.0's first frame %v after its carrier was raised, with vif1.0's resolve wedged", fs[0].At.Sub(up2))
+	if len(gaveUp) != 0 {
+		t.Errorf("vif2.0 was announced only after the daemon gave up on vif1.0's wedged resolve (%q at %v, first frame at %v)",
+			gaveUp[0].Msg, gaveUp[0].At.Format(time.StampMicro), fs[0].At.Format(time.StampMicro))
+	}
+	if len(h.wire.announcements(macN(1))) != 0 {
+		t.Error("frames for vif1.0's guest, which nobody knows")
+	}
+}

@@ -203,3 +203,46 @@ func TestWedgedXenstoreDoesNotDelayOtherArrival(t *testing.T) {
 		t.Error("frames for vif1.0's guest, which nobody knows")
 	}
 }
+
+// The daemon restarts while a VM is migrating in: its tap is already on the
+// bridge with carrier (QEMU opened it), but the guest has not run yet. The
+// guest's first frame after the restart is its arrival and is announced;
+// a carrier-triggered vif ready at start still is not (a restart never
+// storms) (#11 item 10).
+func TestRestartDuringIncomingMigration(t *testing.T) {
+	bin := requireE2E(t)
+	h := newHost(t)
+	tapMAC, vifMAC := macN(9), macN(10)
+	sh(t, h.guests, "sysctl -qw net.ipv6.conf.default.disable_ipv6=1")
+	h.addVif("vnet9", "g9")
+	h.addVif("vif10.0", "g10")
+	h.setGuest("g9", true)
+	h.setGuest("g10", true)
+	wiretest.WaitForwarding(t, h.ns, 10*time.Second, "vnet9", "vif10.0")
+	cfg := writeConfig(t, noResolvers(t, "guests:\n"+guestYAML("vnet9", tapMAC, "10.0.0.90")+guestYAML("vif10.0", vifMAC, "10.0.0.100")))
+	d := startDaemon(t, bin, h.ns, cfg)
+	time.Sleep(500 * time.Millisecond)
+	if n := len(h.wire.announcements("")); n != 0 {
+		t.Fatalf("%d announcements at start-up, want none", n)
+	}
+	// The migrated guest resumes: its first frame (QEMU's RARP, in the field).
+	src, _ := net.ParseMAC(tapMAC)
+	resumed := time.Now()
+	if err := wiretest.Inject(h.guests, "g9", ethFrame(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, src, 0x8035)); err != nil {
+		t.Fatal(err)
+	}
+	fs := h.wire.waitFor(3*time.Second, 5, func(f frame) bool {
+		return f.Src == tapMAC && f.Kind == kindRARP && f.At.After(resumed)
+	})
+	// The injected frame is a bare 0x8035 header, which the capture does
+	// not count as a RARP: every RARP on the switch is the daemon's.
+	if len(fs) != 5 {
+		t.Errorf("the tap's guest was not announced after its first frame: %d RARPs", len(fs))
+	}
+	if bs := d.bursts(tapMAC); len(bs) != 1 {
+		t.Errorf("%d bursts logged for the tap's guest, want 1", len(bs))
+	}
+	if n := len(h.wire.announcements(vifMAC)); n != 0 {
+		t.Errorf("%d frames for the vif that was ready at start, want none", n)
+	}
+}

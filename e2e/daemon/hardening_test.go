@@ -5,9 +5,11 @@ package daemon_test
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -244,5 +246,54 @@ func TestRestartDuringIncomingMigration(t *testing.T) {
 	}
 	if n := len(h.wire.announcements(vifMAC)); n != 0 {
 		t.Errorf("%d frames for the vif that was ready at start, want none", n)
+	}
+}
+
+// SIGHUP that adds a bridge to the watched set: the VMs long running on it
+// are not arrivals, not even on their next netlink event; a real arrival
+// there afterwards is announced (#11 item 11).
+func TestReloadNewBridgeNoSpuriousArrival(t *testing.T) {
+	bin := requireE2E(t)
+	h := newHost(t)
+	sh(t, h.ns, fmt.Sprintf(`
+		ip link add xenbr1 type bridge
+		ip link set xenbr1 up
+		ip link add up1 type veth peer name pB1 netns %s
+		ip link set up1 master xenbr1 up`, h.sw.Name))
+	sh(t, h.sw, "ip link set pB1 up")
+	wire1 := startCapture(t, h.sw, "pB1")
+	mac := macN(11)
+	batch(t, h.ns, []string{
+		fmt.Sprintf("link add vif11.0 type veth peer name g11 netns %s", h.guests.Name),
+		"link set vif11.0 master xenbr1 up",
+	})
+	h.setGuest("g11", true)
+	wiretest.WaitForwarding(t, h.ns, 10*time.Second, "vif11.0")
+	body := func(bridges string) string {
+		return fmt.Sprintf("bridges: [%s]\nflap: {holddown: 0s}\n", bridges) + noResolvers(t, "guests:\n"+guestYAML("vif11.0", mac, "10.0.0.110"))
+	}
+	cfg := writeConfig(t, body(`"xenbr0"`))
+	d := startDaemon(t, bin, h.ns, cfg)
+	if err := os.WriteFile(cfg, []byte(body(`"xenbr0", "xenbr1"`)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGHUP)
+	if _, ok := d.waitLog(3*time.Second, func(l proctest.Log) bool { return l.Msg == "config reloaded" }); !ok {
+		t.Fatal("no \"config reloaded\" after SIGHUP")
+	}
+	// The port's next event that the link watcher reports (it reports
+	// changes of what readiness depends on, and of the MAC).
+	sh(t, h.ns, "ip link set dev vif11.0 address fe:ff:ff:ff:ff:fe")
+	time.Sleep(time.Second)
+	if fs := wire1.announcements(mac); len(fs) != 0 {
+		t.Errorf("%d announcements for a VM that was on the newly watched bridge all along, want none (%v)", len(fs), kinds(fs))
+	}
+	// Watched now: a real arrival there is announced.
+	h.setGuest("g11", false)
+	time.Sleep(200 * time.Millisecond)
+	up := time.Now()
+	h.setGuest("g11", true)
+	if fs := wire1.waitFor(5*time.Second, 1, func(f frame) bool { return f.Kind == kindRARP && f.Src == mac && f.At.After(up) }); len(fs) == 0 {
+		t.Error("the arrival on the newly watched bridge was not announced")
 	}
 }

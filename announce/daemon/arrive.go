@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strconv"
@@ -196,7 +197,7 @@ func (dm *Daemon) work(a *arrival) {
 		return
 	}
 	if err != nil {
-		dm.failed(a, log.With(zap.Stringer("mac", g.MAC)), true, err)
+		dm.failed(a, log.With(zap.Stringer("mac", g.MAC)), !permanent(err), err)
 		dm.mu.Unlock()
 		return
 	}
@@ -221,7 +222,7 @@ func (dm *Daemon) work(a *arrival) {
 	}
 	if err != nil {
 		dm.unreserve(a.p, key, gs)
-		dm.failed(a, log.With(zap.Stringer("mac", g.MAC)), true, errf("bridge repair failed: %v", err))
+		dm.failed(a, log.With(zap.Stringer("mac", g.MAC)), !permanent(err), errf("bridge repair failed: %v", err))
 		return
 	}
 	if dm.cfgGen != a.cfgGen {
@@ -238,6 +239,14 @@ func (dm *Daemon) work(a *arrival) {
 	a.p.inflight = false
 	a.p.announced = true
 	a.p.attempt = 0
+}
+
+// permanent reports whether a plan or repair error says that trying again
+// cannot help (an FDB entry the repair refuses to move, say): such an
+// error implements Permanent() bool. Anything else may pass, and is retried.
+func permanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
 }
 
 // guestKey is what one guest is, for bursts and the flap guard: the same

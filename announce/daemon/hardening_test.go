@@ -154,6 +154,20 @@ func TestFailedArrivalRetried(t *testing.T) {
 		h.link(vif)
 		h.wantBursts(macA, 1)
 	})
+	t.Run("a refusal is not retried", func(t *testing.T) {
+		h := newHarness(t, nil)
+		vif := ready(10, "vif5.0")
+		h.guest("vif5.0", macA)
+		h.plan.repairErr = refusal{}
+		h.start(down(vif))
+		h.link(vif)
+		h.clk.advance(time.Minute)
+		h.settle()
+		h.wantSilence()
+		if h.metric("retries") != 0 {
+			t.Errorf("retries %v, want 0", h.metric("retries"))
+		}
+	})
 	t.Run("port leaves before the retry", func(t *testing.T) {
 		h := newHarness(t, nil)
 		vif := ready(10, "vif5.0")
@@ -430,3 +444,11 @@ func TestWatchdogStopsWhileEventLoopWedged(t *testing.T) {
 	<-next
 	ping()
 }
+
+// refusal is an FDB repair refusing to move an entry another VM owns.
+type refusal struct{}
+
+func (refusal) Error() string {
+	return "fdb: 52:54:00:00:00:0a belongs to vif9.0, a live VM port: not moved"
+}
+func (refusal) Permanent() bool { return true }

@@ -222,6 +222,9 @@ func (dm *Daemon) work(a *arrival) {
 	}
 	if err != nil {
 		dm.unreserve(a.p, key, gs)
+		if m := dm.d.Metrics; m != nil && permanent(err) {
+			m.FDBRefused.Inc()
+		}
 		dm.failed(a, log.With(zap.Stringer("mac", g.MAC)), !permanent(err), errf("bridge repair failed: %v", err))
 		return
 	}

@@ -164,8 +164,8 @@ func TestFailedArrivalRetried(t *testing.T) {
 		h.clk.advance(time.Minute)
 		h.settle()
 		h.wantSilence()
-		if h.metric("retries") != 0 {
-			t.Errorf("retries %v, want 0", h.metric("retries"))
+		if h.metric("retries") != 0 || toFloat(h.m.FDBRefused) != 1 {
+			t.Errorf("retries %v, want 0; fdb refusals %v, want 1", h.metric("retries"), toFloat(h.m.FDBRefused))
 		}
 	})
 	t.Run("port leaves before the retry", func(t *testing.T) {

@@ -23,6 +23,7 @@ type Metrics struct {
 	Bursts          *prometheus.CounterVec
 	ResolveFailures prometheus.Counter
 	ArrivalRetries  prometheus.Counter
+	FDBRefused      prometheus.Counter
 	Latency         prometheus.Histogram
 	Arrivals        prometheus.Counter
 	LastArrival     prometheus.Gauge
@@ -54,6 +55,9 @@ func New() *Metrics {
 		ArrivalRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "selfannounce_arrival_retries_total", Help: "Arrival attempts retried after a failure that can pass (resolver error, no uplink yet, FDB repair failed, config reloaded).",
 		}),
+		FDBRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "selfannounce_fdb_refused_total", Help: "Arrivals not announced because the bridge FDB repair refused to move the guest MAC's entry (static, permanent, or another live VM port's).",
+		}),
 		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "selfannounce_reaction_latency_seconds",
 			Help:    "From the arrival event (carrier, guest frame, libvirt resume) to the first frame written.",
@@ -81,7 +85,7 @@ func New() *Metrics {
 		}
 		return 0
 	})
-	m.Registry.MustRegister(overruns, m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.ArrivalRetries, m.Latency, m.Arrivals,
+	m.Registry.MustRegister(overruns, m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.ArrivalRetries, m.FDBRefused, m.Latency, m.Arrivals,
 		m.LastArrival, m.LastBurst, m.Ports,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, k := range []string{"rarp", "garp", "na"} {

@@ -119,46 +119,48 @@ type Flap struct {
 
 // File is the YAML document.
 type File struct {
-	Guests        []Guest    `yaml:"guests"`
-	Schedule      Schedule   `yaml:"schedule"`
-	VMPorts       []string   `yaml:"vm-ports"`
-	Bridges       []string   `yaml:"bridges"`
-	Ports         []PortRule `yaml:"ports"`
-	Rate          *int       `yaml:"rate"`
-	TrustGuestIPs bool       `yaml:"trust-guest-ips"`
+	Guests           []Guest    `yaml:"guests"`
+	Schedule         Schedule   `yaml:"schedule"`
+	VMPorts          []string   `yaml:"vm-ports"`
+	Bridges          []string   `yaml:"bridges"`
+	Ports            []PortRule `yaml:"ports"`
+	Rate             *int       `yaml:"rate"`
+	TrustGuestIPs    bool       `yaml:"trust-guest-ips"`
+	AnnounceExisting bool       `yaml:"announce-existing"`
+	Libvirt          Libvirt    `yaml:"libvirt"`
+	Xenstore         Xenstore   `yaml:"xenstore"`
+	OVS              OVS        `yaml:"ovs"`
+	Metrics          Metrics    `yaml:"metrics"`
+	Flap             Flap       `yaml:"flap"`
+
 	// TrustGuestFrameMAC lets the source MAC of a guest-frame port's
 	// first frame name the guest when no resolver knows the port. Off by
 	// default: a guest can put any MAC in a frame, and the daemon would
 	// then move that MAC's bridge entry and the switch's to the guest.
-	TrustGuestFrameMAC bool     `yaml:"trust-guest-frame-mac"`
-	AnnounceExisting   bool     `yaml:"announce-existing"`
-	Libvirt            Libvirt  `yaml:"libvirt"`
-	Xenstore           Xenstore `yaml:"xenstore"`
-	OVS                OVS      `yaml:"ovs"`
-	Metrics            Metrics  `yaml:"metrics"`
-	Flap               Flap     `yaml:"flap"`
+	TrustGuestFrameMAC bool `yaml:"trust-guest-frame-mac"`
 }
 
 // Config is the validated, defaulted configuration.
 type Config struct {
-	Guests        []announce.StaticGuest
-	Schedule      schedule.Schedule
-	VMPorts       []string
-	Bridges       []string
-	Ports         []PortRule
-	Rate          int
-	TrustGuestIPs bool
+	Guests           []announce.StaticGuest
+	Schedule         schedule.Schedule
+	VMPorts          []string
+	Bridges          []string
+	Ports            []PortRule
+	Rate             int
+	TrustGuestIPs    bool
+	AnnounceExisting bool
+	LibvirtStatusDir string
+	LibvirtSocket    string
+	XenstorePath     string
+	OVSDB            string
+	OVSRundir        string
+	OVSAction        string
+	MetricsListen    string
+	FlapHolddown     time.Duration
+
 	// TrustGuestFrameMAC: see File.TrustGuestFrameMAC.
 	TrustGuestFrameMAC bool
-	AnnounceExisting   bool
-	LibvirtStatusDir   string
-	LibvirtSocket      string
-	XenstorePath       string
-	OVSDB              string
-	OVSRundir          string
-	OVSAction          string
-	MetricsListen      string
-	FlapHolddown       time.Duration
 }
 
 // Defaults.
@@ -235,22 +237,23 @@ func oneLine(err error) error {
 
 func (f *File) build() (*Config, error) {
 	c := &Config{
-		Schedule:           schedule.Default(),
-		VMPorts:            DefaultVMPorts,
-		Bridges:            []string{"*"},
-		Ports:              DefaultPorts,
-		Rate:               DefaultRate,
-		TrustGuestIPs:      f.TrustGuestIPs,
+		Schedule:         schedule.Default(),
+		VMPorts:          DefaultVMPorts,
+		Bridges:          []string{"*"},
+		Ports:            DefaultPorts,
+		Rate:             DefaultRate,
+		TrustGuestIPs:    f.TrustGuestIPs,
+		AnnounceExisting: f.AnnounceExisting,
+		LibvirtStatusDir: or(f.Libvirt.StatusDir, DefaultLibvirtDir),
+		LibvirtSocket:    or(f.Libvirt.Socket, DefaultLibvirtSocket),
+		XenstorePath:     f.Xenstore.Path,
+		OVSDB:            or(f.OVS.DB, DefaultOVSDB),
+		OVSRundir:        or(f.OVS.Rundir, DefaultOVSRundir),
+		OVSAction:        or(f.OVS.Action, "normal"),
+		MetricsListen:    DefaultMetricsListen,
+		FlapHolddown:     DefaultHolddown,
+
 		TrustGuestFrameMAC: f.TrustGuestFrameMAC,
-		AnnounceExisting:   f.AnnounceExisting,
-		LibvirtStatusDir:   or(f.Libvirt.StatusDir, DefaultLibvirtDir),
-		LibvirtSocket:      or(f.Libvirt.Socket, DefaultLibvirtSocket),
-		XenstorePath:       f.Xenstore.Path,
-		OVSDB:              or(f.OVS.DB, DefaultOVSDB),
-		OVSRundir:          or(f.OVS.Rundir, DefaultOVSRundir),
-		OVSAction:          or(f.OVS.Action, "normal"),
-		MetricsListen:      DefaultMetricsListen,
-		FlapHolddown:       DefaultHolddown,
 	}
 	s := &f.Schedule
 	if s.Initial != nil {

@@ -132,6 +132,12 @@ type File struct {
 	OVS              OVS        `yaml:"ovs"`
 	Metrics          Metrics    `yaml:"metrics"`
 	Flap             Flap       `yaml:"flap"`
+
+	// TrustGuestFrameMAC lets the source MAC of a guest-frame port's
+	// first frame name the guest when no resolver knows the port. Off by
+	// default: a guest can put any MAC in a frame, and the daemon would
+	// then move that MAC's bridge entry and the switch's to the guest.
+	TrustGuestFrameMAC bool `yaml:"trust-guest-frame-mac"`
 }
 
 // Config is the validated, defaulted configuration.
@@ -152,6 +158,9 @@ type Config struct {
 	OVSAction        string
 	MetricsListen    string
 	FlapHolddown     time.Duration
+
+	// TrustGuestFrameMAC: see File.TrustGuestFrameMAC.
+	TrustGuestFrameMAC bool
 }
 
 // Defaults.
@@ -243,6 +252,8 @@ func (f *File) build() (*Config, error) {
 		OVSAction:        or(f.OVS.Action, "normal"),
 		MetricsListen:    DefaultMetricsListen,
 		FlapHolddown:     DefaultHolddown,
+
+		TrustGuestFrameMAC: f.TrustGuestFrameMAC,
 	}
 	s := &f.Schedule
 	if s.Initial != nil {

@@ -119,3 +119,14 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The first-frame MAC fallback is an explicit opt-in (#11 item 1).
+func TestTrustGuestFrameMACOptIn(t *testing.T) {
+	if Default().TrustGuestFrameMAC {
+		t.Error("trust-guest-frame-mac on by default")
+	}
+	c, err := Parse([]byte("trust-guest-frame-mac: true\n"))
+	if err != nil || !c.TrustGuestFrameMAC {
+		t.Errorf("trust-guest-frame-mac: true gave %v, %v", c, err)
+	}
+}

@@ -69,6 +69,7 @@ const (
 	byGuestFrame = "guest-frame"
 	byLibvirt    = "libvirt-resumed"
 	byExisting   = "existing"
+	byHandover   = "sibling-handover"
 )
 
 type backend uint8
@@ -95,19 +96,49 @@ type port struct {
 	frameMAC net.HardwareAddr
 	frameAt  time.Time
 	listen   context.CancelFunc
+	// relisten is the pending retry of a failed frame listener.
+	relisten    stopper
+	listenFails int
 
-	// announced is true once this arrival was handled (announced,
-	// suppressed or present at start-up): it resets when the port leaves.
+	// announced is true once this arrival was handled (a burst started,
+	// another port's burst or the flap guard took it over, it failed for
+	// good, or the port was ready at start-up): it resets when the port
+	// leaves.
 	announced bool
-	readyAt   time.Time
+	// inflight: a worker is handling this arrival; retry: its next attempt
+	// is pending, the attempt-th.
+	inflight bool
+	retry    stopper
+	attempt  int
+	// gen counts the port's arrivals: a worker whose generation is past
+	// drops its result.
+	gen     uint64
+	readyAt time.Time
+	// ident is the guest the resolvers named, cached from the port's
+	// appearance; cleared when an arrival fails or the config changes.
+	ident *announce.Guest
+	// guests indexes the guest states this port takes part in (owner,
+	// pending, standby), so leaving touches only those.
+	guests  map[string]bool
+	lastKey string
 }
 
-// guest tracks bursts per MAC: one burst per arrival, and a flap guard.
+// guest tracks bursts per guest (bridge, VLAN, MAC): one burst per
+// arrival, and a flap guard.
 type guest struct {
 	lastStart time.Time
-	owner     string // port key of the running burst
+	owner     string // port key of the latest burst
 	deferred  stopper
 	pending   string // port key waiting for the holddown to end
+	// starting: the port whose burst is being prepared (FDB repair)
+	// outside dm.mu; prev* undo its reservation if that fails.
+	starting  string
+	prevStart time.Time
+	prevOwner string
+	// standby: ports of the same guest whose arrival the owner's burst
+	// covered; one is announced if the owner leaves while it stays.
+	standby map[string]bool
+	gc      stopper
 }
 
 // Daemon is the arrival state machine.
@@ -127,6 +158,9 @@ type Daemon struct {
 	ovsPorts map[string]ovs.Port
 	// table is bridgeTable's buffer.
 	table []linuxbr.TableLink
+	// cfgGen counts config swaps; wg counts arrival workers.
+	cfgGen uint64
+	wg     sync.WaitGroup
 }
 
 // New returns a daemon that acts on cfg.
@@ -139,11 +173,52 @@ func New(cfg *config.Config, d Deps) *Daemon {
 }
 
 // SetConfig swaps the configuration (SIGHUP). Ports keep their state; the
-// new rules apply from the next event on.
+// new rules apply from the next event on. Ports that the new rules make
+// ready (a newly watched bridge, a new port rule) have been there all
+// along: they are settled as at start-up, without an arrival, rather than
+// announced on their next event. Cached identities are dropped, since the
+// guests entries may have changed.
 func (dm *Daemon) SetConfig(cfg *config.Config) {
+	now := dm.d.Now()
 	dm.mu.Lock()
 	defer dm.mu.Unlock()
 	dm.cfg = cfg
+	dm.cfgGen++
+	if dm.closed {
+		return
+	}
+	for _, p := range dm.ports {
+		p.ident = nil
+	}
+	for _, l := range dm.links {
+		if dm.ovsLink(l) {
+			continue
+		}
+		p := dm.ports[linuxKey(l.Index)]
+		if p == nil {
+			if p = dm.track(l); p == nil {
+				continue
+			}
+		}
+		dm.resettle(p, dm.linuxReady(l), now)
+	}
+	for name, op := range dm.ovsPorts {
+		if p := dm.ports[ovsKey(name)]; p != nil {
+			dm.resettle(p, dm.ovsReady(op), now)
+		}
+	}
+	dm.gaugePorts()
+}
+
+// resettle applies a readiness change that comes from the config, not the
+// port: becoming ready this way is not an arrival.
+func (dm *Daemon) resettle(p *port, ready bool, now time.Time) {
+	switch {
+	case ready && !p.ready:
+		p.ready, p.readyAt, p.announced = true, now, true
+	case !ready && p.ready:
+		dm.update(p, false, now)
+	}
 }
 
 // Config returns the configuration in force.
@@ -160,10 +235,42 @@ func (dm *Daemon) Close() {
 	dm.closed = true
 	for _, p := range dm.ports {
 		dm.stopListening(p)
+		if p.retry != nil {
+			p.retry.Stop()
+		}
 	}
 	for _, g := range dm.guests {
 		if g.deferred != nil {
 			g.deferred.Stop()
+		}
+		if g.gc != nil {
+			g.gc.Stop()
+		}
+	}
+}
+
+// wait returns once no arrival worker runs (tests).
+func (dm *Daemon) wait() { dm.wg.Wait() }
+
+// Alive returns once the event path could take an event: dm.mu and the
+// burst engine's lock are free. The systemd watchdog is fed only after it
+// returns, so a wedged loop stops the pings and systemd restarts the daemon.
+func (dm *Daemon) Alive() {
+	dm.mu.Lock()
+	dm.d.Engine.Active("")
+	dm.mu.Unlock()
+}
+
+// Watchdog calls notify after every tick that the event path answers,
+// until ctx ends.
+func (dm *Daemon) Watchdog(ctx context.Context, tick <-chan time.Time, notify func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			dm.Alive()
+			notify()
 		}
 	}
 }
@@ -187,10 +294,13 @@ func (dm *Daemon) Initial(links []netwatch.Link) {
 	dm.gaugePorts()
 }
 
-// atStart settles a port found at start-up. A ready one is taken as already
-// announced (a restart must never storm) unless announce-existing is set.
-// The guest-frame listener track opened stays: the running guest's first
-// frame consumes it without effect.
+// atStart settles a port found at start-up. A ready carrier port is taken
+// as already announced (a restart must never storm) unless
+// announce-existing is set. A ready guest-frame port says nothing by being
+// ready (a tap has carrier from the moment QEMU opens it, long before an
+// incoming migration's guest runs): it keeps the listener track opened and
+// is announced on the guest's first frame, as if the daemon had been
+// running all along.
 func (dm *Daemon) atStart(p *port, ready bool, now time.Time) {
 	p.ready = ready
 	if !ready {
@@ -199,6 +309,9 @@ func (dm *Daemon) atStart(p *port, ready bool, now time.Time) {
 	p.readyAt = now
 	if dm.cfg.AnnounceExisting && p.trigger != config.TriggerManual {
 		dm.arrive(p, byExisting, now)
+		return
+	}
+	if p.trigger == config.TriggerGuestFrame && !p.frameSeen {
 		return
 	}
 	p.announced = true
@@ -228,6 +341,13 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 		return
 	}
 	dm.links[l.Index] = l
+	if op := dm.ports[ovsKey(l.Name)]; op != nil {
+		// The name moved from Open vSwitch to a Linux bridge (a stale
+		// OVSDB row, a reused vnetN): netlink's master wins.
+		dm.leave(op, "on a Linux bridge")
+		dm.stopListening(op)
+		delete(dm.ports, op.key)
+	}
 	p := dm.ports[key]
 	if p == nil {
 		if p = dm.track(l); p == nil {
@@ -263,6 +383,9 @@ func (dm *Daemon) track(l netwatch.Link) *port {
 		// joins its bridge.
 		dm.startListening(p)
 	}
+	if tr != config.TriggerManual {
+		dm.prefetch(p)
+	}
 	return p
 }
 
@@ -292,7 +415,7 @@ func (dm *Daemon) update(p *port, ready bool, now time.Time) {
 	case !was && ready:
 		p.readyAt = now
 	}
-	if !ready || p.announced {
+	if !ready || p.announced || p.inflight || p.retry != nil {
 		return
 	}
 	if p.resumed {
@@ -310,37 +433,77 @@ func (dm *Daemon) update(p *port, ready bool, now time.Time) {
 }
 
 // leave resets a port's arrival when it detaches, loses carrier or goes
-// away: its running burst ends, and its next arrival is announced anew.
+// away: its running burst ends, its pending work is dropped, and its next
+// arrival is announced anew. Only the guests this port takes part in are
+// touched. A sibling whose arrival this port's burst covered, and which
+// stays ready, is announced now: traffic goes through it from here on.
 func (dm *Daemon) leave(p *port, why string) {
 	p.ready = false
 	p.announced = false
 	p.frameSeen = false
 	p.resumed = false
 	p.frameMAC = nil
-	for mac, g := range dm.guests {
-		if g.pending == p.key {
-			g.pending = ""
-			if g.deferred != nil {
-				g.deferred.Stop()
-				g.deferred = nil
+	p.inflight = false
+	p.attempt = 0
+	p.gen++
+	if p.retry != nil {
+		p.retry.Stop()
+		p.retry = nil
+	}
+	var handover []*port
+	for key := range p.guests {
+		delete(p.guests, key)
+		gs := dm.guests[key]
+		if gs == nil {
+			continue
+		}
+		delete(gs.standby, p.key)
+		if gs.pending == p.key {
+			gs.pending = ""
+			if gs.deferred != nil {
+				gs.deferred.Stop()
+				gs.deferred = nil
 			}
 		}
-		if g.owner == p.key {
-			g.owner = ""
-			if dm.d.Engine.Cancel(mac) {
-				dm.d.Log.Info("burst cancelled", zap.String("port", p.name), zap.String("mac", mac), zap.String("reason", why))
+		if gs.starting == p.key {
+			gs.starting = ""
+			gs.lastStart, gs.owner = gs.prevStart, gs.prevOwner
+		}
+		if gs.owner == p.key {
+			gs.owner = ""
+			if dm.d.Engine.Cancel(key) {
+				dm.d.Log.Info("burst cancelled", zap.String("port", p.name), zap.String("guest", key), zap.String("reason", why))
+			}
+			for sk := range gs.standby {
+				delete(gs.standby, sk)
+				if sp := dm.ports[sk]; sp != nil && sp.ready && sp.announced && !sp.inflight {
+					handover = append(handover, sp)
+					break
+				}
 			}
 		}
+		dm.maybeDrop(key, gs)
+	}
+	now := dm.d.Now()
+	for _, sp := range handover {
+		dm.d.Log.Info("sibling port takes over", zap.String("port", sp.name), zap.String("from", p.name))
+		sp.announced = false
+		dm.spawn(sp, byHandover, now, true)
 	}
 }
 
 func (dm *Daemon) startListening(p *port) {
-	if dm.d.ListenFrames == nil || p.listen != nil || p.ifindex == 0 {
+	if dm.d.ListenFrames == nil || p.listen != nil || p.ifindex == 0 || dm.closed {
 		return
+	}
+	if p.relisten != nil {
+		p.relisten.Stop()
+		p.relisten = nil
 	}
 	l, err := dm.d.ListenFrames(p.ifindex)
 	if err != nil {
 		dm.d.Log.Warn("cannot listen for guest frames", zap.String("port", p.name), zap.Error(err))
+		dm.relistenLater(p)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -351,9 +514,8 @@ func (dm *Daemon) startListening(p *port) {
 		src, at, err := l.Wait(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				// The port stays followed, but only a carrier-independent
-				// signal (a libvirt resume) can announce it now.
-				dm.d.Log.Warn("guest-frame listener failed", zap.String("port", name), zap.Error(err))
+				dm.d.Log.Warn("guest-frame listener failed; listening again", zap.String("port", name), zap.Error(err))
+				dm.listenerFailed(key, ctx)
 			}
 			return
 		}
@@ -361,10 +523,58 @@ func (dm *Daemon) startListening(p *port) {
 	}()
 }
 
+// listenerFailed clears a failed listener so the port can trigger again,
+// and listens anew after a backoff.
+func (dm *Daemon) listenerFailed(key string, ctx context.Context) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	p := dm.ports[key]
+	if p == nil || ctx.Err() != nil || dm.closed || p.listen == nil {
+		return
+	}
+	p.listen()
+	p.listen = nil
+	dm.relistenLater(p)
+}
+
+// relistenBase doubles per consecutive failure up to relistenMax: a port
+// whose device is gone for good costs one attempt every half minute.
+const (
+	relistenBase = 200 * time.Millisecond
+	relistenMax  = 30 * time.Second
+)
+
+func (dm *Daemon) relistenLater(p *port) {
+	if p.relisten != nil || dm.closed {
+		return
+	}
+	d := relistenBase << min(p.listenFails, 20)
+	if d > relistenMax {
+		d = relistenMax
+	}
+	p.listenFails++
+	key := p.key
+	p.relisten = dm.afterFunc(d, func() {
+		dm.mu.Lock()
+		defer dm.mu.Unlock()
+		if dm.ports[key] != p || dm.closed {
+			return
+		}
+		p.relisten = nil
+		if p.trigger == config.TriggerGuestFrame && !p.frameSeen {
+			dm.startListening(p)
+		}
+	})
+}
+
 func (dm *Daemon) stopListening(p *port) {
 	if p.listen != nil {
 		p.listen()
 		p.listen = nil
+	}
+	if p.relisten != nil {
+		p.relisten.Stop()
+		p.relisten = nil
 	}
 }
 
@@ -377,6 +587,7 @@ func (dm *Daemon) guestFrame(key string, ctx context.Context, src net.HardwareAd
 		return
 	}
 	dm.stopListening(p)
+	p.listenFails = 0
 	p.frameSeen, p.frameMAC, p.frameAt = true, src, at
 	if p.ready && !p.announced {
 		// Latency counts from the kernel's receive time of the frame, not

@@ -29,7 +29,7 @@ func (dm *Daemon) Resumed(domain string, devs []string, at time.Time) {
 			p.resumed = true
 			continue
 		}
-		if p.announced && dm.recentlyAnnounced(p) {
+		if p.inflight || (p.announced && dm.recentlyAnnounced(p)) {
 			dm.suppressed(dm.d.Log.With(zap.String("port", p.name), zap.String("trigger", byLibvirt)), "", "already announced for this arrival")
 			continue
 		}
@@ -40,11 +40,10 @@ func (dm *Daemon) Resumed(domain string, devs []string, at time.Time) {
 // recentlyAnnounced reports whether the guest behind p has a burst running
 // or started within the holddown: the same arrival, seen twice.
 func (dm *Daemon) recentlyAnnounced(p *port) bool {
-	g, err := dm.identify(p)
-	if err != nil {
+	key := p.lastKey
+	if key == "" {
 		return false
 	}
-	key := g.MAC.String()
 	if dm.d.Engine.Active(key) {
 		return true
 	}

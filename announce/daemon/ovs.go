@@ -89,6 +89,16 @@ func (dm *Daemon) OVSEvent(ev ovs.Event) {
 		return
 	}
 	dm.ovsPortsMap()[op.Name] = op
+	if dm.onLinuxBridge(op.Name) {
+		// A row for a name a Linux bridge holds now: netlink wins.
+		if p != nil {
+			dm.leave(p, "on a Linux bridge")
+			dm.stopListening(p)
+			delete(dm.ports, key)
+		}
+		dm.gaugePorts()
+		return
+	}
 	if p != nil && ev.Prev != nil && ev.Prev.IfaceUUID != op.IfaceUUID {
 		// Deleted and created again under the same name between two reads:
 		// a new port, whose arrival is new too.
@@ -174,7 +184,7 @@ func (dm *Daemon) ovsLinkEvent(ev netwatch.Event, now time.Time) bool {
 // is taken over: the guest frame it may have seen still counts.
 func (dm *Daemon) ovsTrack(op ovs.Port) *port {
 	tr, ok := dm.cfg.TriggerFor(op.Name)
-	if !ok {
+	if !ok || dm.onLinuxBridge(op.Name) {
 		return nil
 	}
 	p := &port{key: ovsKey(op.Name), name: op.Name, backend: ovsBridge, trigger: tr}
@@ -195,6 +205,9 @@ func (dm *Daemon) ovsTrack(op ovs.Port) *port {
 	}
 	if tr == config.TriggerGuestFrame && !p.frameSeen {
 		dm.startListening(p)
+	}
+	if tr != config.TriggerManual {
+		dm.prefetch(p)
 	}
 	return p
 }
@@ -234,16 +247,34 @@ func (dm *Daemon) ifindexByName(name string) int {
 // Linux-bridge path must leave it alone: a port OVSDB lists (a
 // userspace-datapath port shows no master in netlink), or one enslaved to
 // the kernel datapath's ovs-system.
+//
+// Netlink's master wins over OVSDB: libvirt reuses vnetN names, and a stale
+// Interface row (ovs-vswitchd down, a port never deleted) must not hide the
+// Linux-bridge port that now has the name.
 func (dm *Daemon) ovsLink(l netwatch.Link) bool {
-	if _, ok := dm.ovsPorts[l.Name]; ok {
-		return true
-	}
 	if l.Master != 0 {
-		if m, ok := dm.links[l.Master]; ok && m.Kind == OVSMasterKind {
-			return true
+		if m, ok := dm.links[l.Master]; ok {
+			switch m.Kind {
+			case OVSMasterKind:
+				return true
+			case "bridge":
+				return false
+			}
 		}
 	}
-	return false
+	_, ok := dm.ovsPorts[l.Name]
+	return ok
+}
+
+// onLinuxBridge reports whether the netdev named name is enslaved to a
+// Linux bridge, as netlink last said.
+func (dm *Daemon) onLinuxBridge(name string) bool {
+	l, ok := dm.linkByName(name)
+	if !ok || l.Master == 0 {
+		return false
+	}
+	m, ok := dm.links[l.Master]
+	return ok && m.Kind == "bridge"
 }
 
 // ovsIdentity applies the OVS identity rule to what the resolvers found:

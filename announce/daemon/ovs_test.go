@@ -250,10 +250,41 @@ func TestOVSPortsNotLinuxPorts(t *testing.T) {
 // MAC is not folded into it.
 func idle(t *testing.T, dm *Daemon, mac net.HardwareAddr) {
 	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); dm.d.Engine.Active(mac.String()); {
-		if time.Now().After(deadline) {
-			t.Fatal("burst did not end")
-		}
-		time.Sleep(time.Millisecond)
+	dm.wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := dm.d.Engine.Wait(ctx); err != nil {
+		t.Fatalf("burst for %s did not end: %v", mac, err)
+	}
+}
+
+// libvirt reuses vnetN names: a stale OVSDB row for a name (ovs-vswitchd
+// down when the VM went, a port never deleted) must not hide the
+// Linux-bridge port that has the name now. Netlink's master wins (#11 item 7).
+func TestStaleOVSRowDoesNotHideLinuxPort(t *testing.T) {
+	for _, ovsFirst := range []bool{true, false} {
+		t.Run(map[bool]string{true: "row before the link", false: "row after the link"}[ovsFirst], func(t *testing.T) {
+			dm, rec := newOVSDaemon(t, "", func(string) (announce.Guest, bool) {
+				return announce.Guest{MAC: mac2, Source: "test"}, true
+			})
+			br := netwatch.Link{Index: 2, Name: "xenbr0", Kind: "bridge", AdminUp: true, OperUp: true}
+			vif := netwatch.Link{Index: 3, Name: "vif5.0", Master: 2, AdminUp: true, STP: netwatch.STPForwarding}
+			stale := vport("vif5.0", true)
+			if ovsFirst {
+				dm.OVSInitial([]ovs.Port{stale})
+				dm.Initial([]netwatch.Link{br, vif})
+			} else {
+				dm.Initial([]netwatch.Link{br, vif})
+				dm.OVSInitial([]ovs.Port{stale})
+				dm.OVSEvent(ovs.Event{Port: stale})
+			}
+			vif.OperUp = true
+			dm.Link(netwatch.Event{Link: vif})
+			s := expectSent(t, rec)
+			if s.backend != "linux" || s.port != "vif5.0" {
+				t.Fatalf("announced %+v, want through the Linux bridge", s)
+			}
+			expectQuiet(t, rec)
+		})
 	}
 }

@@ -101,6 +101,10 @@ func (e *RefusedError) Is(target error) bool {
 	return target == ErrRefused || (target == ErrHostOwnedMAC && e.Reason == RefuseLocal)
 }
 
+// Permanent tells retrying callers (the daemon) that the same repair
+// would be refused again: the entry's owner has to act first.
+func (e *RefusedError) Permanent() bool { return true }
+
 type noForwardingUplink struct{}
 
 func (noForwardingUplink) Error() string        { return "has no forwarding uplink" }

@@ -22,6 +22,7 @@ type Metrics struct {
 	FrameErrors     prometheus.Counter
 	Bursts          *prometheus.CounterVec
 	ResolveFailures prometheus.Counter
+	ArrivalRetries  prometheus.Counter
 	Latency         prometheus.Histogram
 	Arrivals        prometheus.Counter
 	LastArrival     prometheus.Gauge
@@ -54,6 +55,9 @@ func New() *Metrics {
 		ResolveFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "selfannounce_resolve_failures_total", Help: "Arrivals whose guest identity no resolver knew.",
 		}),
+		ArrivalRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "selfannounce_arrival_retries_total", Help: "Arrival attempts retried after a failure that can pass (resolver error, no uplink yet, FDB repair failed, config reloaded).",
+		}),
 		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "selfannounce_reaction_latency_seconds",
 			Help:    "From the arrival event (carrier, guest frame, libvirt resume) to the first frame written.",
@@ -85,7 +89,7 @@ func New() *Metrics {
 		}
 		return 0
 	})
-	m.Registry.MustRegister(overruns, m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.Latency, m.Arrivals,
+	m.Registry.MustRegister(overruns, m.Frames, m.FrameErrors, m.Bursts, m.ResolveFailures, m.ArrivalRetries, m.Latency, m.Arrivals,
 		m.LastArrival, m.LastBurst, m.Ports, m.FDBRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, k := range []string{"rarp", "garp", "na"} {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -119,7 +118,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 
 	// One rtnetlink socket each for the FDB repairs and the address dumps
 	// of every arrival; they keep no kernel state between arrivals.
-	fdb := &linuxbr.FDB{}
+	fdb := &linuxbr.FDB{Refused: m.FDBRefused}
 	defer fdb.Close()
 	hostIPs := &resolve.HostIPLister{}
 	defer hostIPs.Close()
@@ -127,17 +126,11 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	res.set(cfg)
 	defer res.close()
 	dm := daemon.New(cfg, daemon.Deps{
-		Log:     log,
-		Engine:  engine,
-		Linux:   &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys"), fdb: fdb},
-		Metrics: m,
-		Resolve: func(ctx context.Context, port string) (announce.Guest, bool, error) {
-			g, ok, errs := res.get().Resolve(ctx, port)
-			if len(errs) > 0 {
-				return g, ok, errors.Join(errs...)
-			}
-			return g, ok, nil
-		},
+		Log:          log,
+		Engine:       engine,
+		Linux:        &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys"), fdb: fdb},
+		Metrics:      m,
+		Resolve:      res.resolve,
 		HostIPs:      hostIPs.List,
 		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },
 	})
@@ -175,17 +168,16 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	startOptional(ctx, log, dm, res)
 
 	// The watchdog ticker is the only timer while idle, and only under
-	// systemd with WatchdogSec set.
-	var wdC <-chan time.Time
+	// systemd with WatchdogSec set. Each ping first goes through the event
+	// path (the daemon's lock, the burst engine's): a wedged loop stops the
+	// pings, and systemd restarts the daemon.
 	if iv, err := sddaemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		t := time.NewTicker(iv / 2)
 		defer t.Stop()
-		wdC = t.C
+		go dm.Watchdog(ctx, t.C, func() { sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog) })
 	}
 	for {
 		select {
-		case <-wdC:
-			sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
 		case err := <-werr:
 			if ctx.Err() != nil {
 				return nil

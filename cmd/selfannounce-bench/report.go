@@ -71,6 +71,7 @@ type report struct {
 	baselineScript string
 	idle           *idleRun
 	costs          []costRun
+	soak           *soakRun
 }
 
 // pct is the nearest-rank percentile of ds.
@@ -199,6 +200,22 @@ func (r *report) markdown(o *options) string {
 			w("\n")
 		}
 		w("\n")
+	}
+	if s := r.soak; s != nil {
+		mib := func(v float64) string { return fmt.Sprintf("%.1f MiB", v/(1<<20)) }
+		w("#### Soak: %d arrivals and departures\n\n", s.arrivals)
+		w("`%s` (phase `soak`; daemon: `%s` inside the host namespace). "+
+			"%d Xen guests, each with a random MAC never used before, arrive %d at a time on fresh vif<domid>.0 veths of one Linux bridge "+
+			"(MAC from a xenstored speaking the real wire protocol, carrier from the guest side of the veth), and leave once their burst is done. "+
+			"Every %d batches %d unrelated links appear during the arrivals, overrunning the daemon's shrunk netlink socket; every %d batches it gets a SIGHUP during the arrivals (%d in all). "+
+			"Frames are counted on the switch side of the uplink. Took %v (%.0f arrivals/s).\n\n",
+			o.cmdline, s.daemonCmd, s.arrivals, s.batch, s.overrunEvery, s.noiseLinks, s.hupEvery, s.hups, s.took.Round(time.Second), float64(s.arrivals)/s.took.Seconds())
+		w("| | before | after |\n|---|---|---|\n")
+		w("| goroutines (`go_goroutines`) | %.0f | %.0f |\n", s.before.goroutines, s.after.goroutines)
+		w("| RSS (`process_resident_memory_bytes`) | %s | %s |\n", mib(s.before.rssBytes), mib(s.after.rssBytes))
+		w("| Go heap in use (`go_memstats_heap_inuse_bytes`) | %s | %s |\n\n", mib(s.before.heapInuse), mib(s.after.heapInuse))
+		w("| arrivals | lost (no RARP) | incomplete (< %d RARPs) | doubled (> %d RARPs) | netlink overruns (daemon's count) | SIGHUPs |\n|---|---|---|---|---|---|\n", rounds, rounds)
+		w("| %d | %d | %d | %d | %.0f | %d |\n\n", s.arrivals, s.lost, s.incomplete, s.doubled, s.overruns, s.hups)
 	}
 	if l := r.baseline; l != nil {
 		latencyTable("#### Baseline: `ip monitor link` + `arping` per event", l)

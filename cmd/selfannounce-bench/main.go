@@ -163,6 +163,13 @@ func run(ctx context.Context, o *options) (*report, error) {
 		}
 		r.idle = res
 	}
+	if has(o.phases, "wedged") {
+		res, err := wedgedPhase(ctx, o)
+		if err != nil {
+			return nil, fmt.Errorf("wedged: %w", err)
+		}
+		r.wedged = res
+	}
 	if has(o.phases, "soak") {
 		res, err := soakPhase(ctx, o)
 		if err != nil {

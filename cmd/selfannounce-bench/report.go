@@ -72,6 +72,7 @@ type report struct {
 	idle           *idleRun
 	costs          []costRun
 	soak           *soakRun
+	wedged         *wedgedRun
 }
 
 // pct is the nearest-rank percentile of ds.
@@ -200,6 +201,21 @@ func (r *report) markdown(o *options) string {
 			w("\n")
 		}
 		w("\n")
+	}
+	if wd := r.wedged; wd != nil {
+		c50, w50 := pct(wd.clear, .5), pct(wd.wedged, .5)
+		ratio := float64(w50) / float64(max(c50, 1))
+		w("#### A wedged xenstored and a stopped ovs-vswitchd\n\n")
+		w("`%s` (phase `wedged`). One daemon watches a Linux bridge and an Open vSwitch bridge (ovsdb-server and ovs-vswitchd, userspace datapath). "+
+			"Each repetition brings up an OVS VIF (its burst starts), then a Xen vif on the Linux bridge whose guest only xenstore knows, "+
+			"then raises carrier on a Linux-bridge vif whose guest the config names, and times that vif's carrier event to its first RARP on the uplink. "+
+			"In the wedged repetitions ovs-vswitchd is SIGSTOPped after the OVS burst has started and xenstored (the wire-protocol stand-in, behind a proxy) "+
+			"stops answering before the Xen vif comes up; both resume after the measurement. Wedged and clear repetitions alternate, %d each; "+
+			"a first frame not seen within %v counts as missed.\n\n", o.cmdline, wd.reps, wd.timeout)
+		w("| | n | missed | p50 | max |\n|---|---|---|---|---|\n")
+		w("| nothing wedged | %d | %d | %s | %s |\n", len(wd.clear), wd.clearMiss, ms(c50), ms(pct(wd.clear, 1)))
+		w("| xenstored wedged, ovs-vswitchd stopped | %d | %d | %s | %s |\n\n", len(wd.wedged), wd.wedgeMiss, ms(w50), ms(pct(wd.wedged, 1)))
+		w("Wedged / clear (p50): %.1fx; the target is no more than 5 ms added.\n\n", ratio)
 	}
 	if s := r.soak; s != nil {
 		mib := func(v float64) string { return fmt.Sprintf("%.1f MiB", v/(1<<20)) }

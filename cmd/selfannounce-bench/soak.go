@@ -96,6 +96,8 @@ func soakPhase(ctx context.Context, o *options) (*soakRun, error) {
 		}
 	}
 	var macs []string
+	port := map[string]string{} // MAC -> its vif, for the report of failures
+	batchOf := map[string]int{}
 	t0 := time.Now()
 	domid := 0
 	for b := 0; len(macs) < o.soakArrivals; b++ {
@@ -116,6 +118,8 @@ func soakPhase(ctx context.Context, o *options) (*soakRun, error) {
 				domid, soakGroup, domid, l.guest.Name, domid, domid)
 			fmt.Fprintf(&up, "link set g%d up\n", domid)
 			batchMACs = append(batchMACs, mac.String())
+			port[mac.String()] = fmt.Sprintf("vif%d.0", domid)
+			batchOf[mac.String()] = b
 		}
 		tb := time.Now()
 		step := func(what string) {
@@ -195,14 +199,21 @@ func soakPhase(ctx context.Context, o *options) (*soakRun, error) {
 	time.Sleep(3 * time.Second)
 	count()
 	for _, m := range macs {
-		switch c := rarps[m]; {
+		c := rarps[m]
+		switch {
 		case c == 0:
 			res.lost++
 		case c < rounds:
 			res.incomplete++
 		case c > rounds:
 			res.doubled++
+		default:
+			continue
 		}
+		b := batchOf[m]
+		fmt.Fprintf(os.Stderr, "soak: %s (%s, batch %d%s%s) sent %d RARPs, want %d\n", port[m], m, b,
+			map[bool]string{true: ", overrun batch"}[o.soakOverrunEvery > 0 && b%o.soakOverrunEvery == o.soakOverrunEvery-1],
+			map[bool]string{true: ", SIGHUP batch"}[o.soakHUPEvery > 0 && b%o.soakHUPEvery == o.soakHUPEvery-1], c, rounds)
 	}
 	if res.after, err = scrape(l); err != nil {
 		return nil, err

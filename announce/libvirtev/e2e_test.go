@@ -6,8 +6,11 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,29 +252,51 @@ func TestWatcherRealPostcopy(t *testing.T) {
 	defer cancel()
 	_, onB := startWatcher(t, ctx, b.lv.Socket)
 
-	// Throttled to 1 MiB/s so precopy cannot finish before the switch.
+	// An idle 64 MiB guest is mostly zero pages, which precopy sends in
+	// well under a second even at 1 MiB/s: on a busy machine it used to
+	// finish before the switch ("Enable postcopy with
+	// migrate_set_capability before the start of migration" meant the
+	// switch came before libvirt had started the job, or after it ended).
+	// So the destination QEMU is stopped the moment the source connects
+	// to it: the source then cannot complete precopy, its job is seen
+	// running (QEMU's migration has started, with postcopy-ram set), the
+	// switch is asked for, and only then does the destination run again.
+	sock := b.lv.Dir + "/migrate-pc.sock"
+	pidfile := b.lv.Dir + "/run/qemu/" + name + ".pid"
 	errc := make(chan error, 1)
 	go func() {
 		_, err := a.lv.VirshErr("migrate", "--live", "--postcopy", "--bandwidth", "1", name, b.lv.URI,
-			"--migrateuri", "unix://"+b.lv.Dir+"/migrate-pc.sock")
+			"--migrateuri", "unix://"+sock)
 		errc <- err
 	}()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		_, err := a.lv.VirshErr("migrate-postcopy", name)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("could not switch to postcopy: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	dst := stopWhenConnected(t, sock, pidfile, a.lv.Dir+"/run/qemu/"+name+".pid", errc)
+	info := waitMigrating(t, a, name, errc)
+	t.Logf("source job with the destination stopped:\n%s", info)
+	// The guest's few hundred KiB of non-zero pages would then cross in
+	// milliseconds, often before libvirt resumes the destination, which
+	// it then reports as RESUMED/MIGRATED rather than RESUMED/POSTCOPY.
+	// At 32 KiB/s (libvirt's --postcopy-bandwidth counts whole MiB/s)
+	// the postcopy phase lasts seconds.
+	a.lv.Virsh(t, "qemu-monitor-command", name,
+		`{"execute":"migrate-set-parameters","arguments":{"max-postcopy-bandwidth":32768}}`)
+	if _, err := a.lv.VirshErr("migrate-postcopy", name); err != nil {
+		t.Fatalf("switch to postcopy with the migration held running: %v", err)
+	}
+	if err := dst.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
 	}
 	e := onB.next(t, 60*time.Second)
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("postcopy migration still running 2 minutes after the switch (first event %+v)", e)
+	}
+	t.Logf("completed job:\n%s", a.lv.Virsh(t, "domjobinfo", "--completed", name))
 	if e.Domain != name || e.Detail != libvirtev.DetailPostcopy {
 		t.Fatalf("event = %+v, want %s postcopy", e, name)
 	}
-	if err := <-errc; err != nil {
+	if err != nil {
 		t.Fatalf("postcopy migration: %v", err)
 	}
 	// libvirt also sends RESUMED/MIGRATED when postcopy completes; it is
@@ -279,5 +304,97 @@ func TestWatcherRealPostcopy(t *testing.T) {
 	time.Sleep(time.Second)
 	if evs := onB.all(); len(evs) != 1 {
 		t.Fatalf("postcopy migration reported %d times: %+v", len(evs), evs)
+	}
+}
+
+// stopWhenConnected waits for the source QEMU to connect to the
+// destination QEMU's migration socket and stops the destination (SIGSTOP)
+// at once, so no migration stream can complete until it is continued.
+// Waiting for the connection rather than the listening socket matters: the
+// source connects only once the destination's libvirtd has finished
+// preparing, which it could not do with its QEMU stopped. t's cleanup
+// continues it.
+func stopWhenConnected(t *testing.T, sock, pidfile, srcPidfile string, errc <-chan error) *os.Process {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	pid, src := 0, 0
+	for {
+		if pid == 0 {
+			pid = readPid(pidfile)
+		}
+		if src == 0 {
+			src = readPid(srcPidfile)
+		}
+		if pid != 0 && src != 0 && connected(src, sock) {
+			p, err := os.FindProcess(pid)
+			if err == nil {
+				err = p.Signal(syscall.SIGSTOP)
+			}
+			if err != nil {
+				t.Fatalf("stop destination QEMU %d: %v", pid, err)
+			}
+			t.Cleanup(func() { p.Signal(syscall.SIGCONT) })
+			return p
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("migration ended (%v) before the source connected to %s", err, sock)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the source never connected to %s (destination QEMU pid %d)", sock, pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func readPid(pidfile string) int {
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// connected reports whether a connection to the listening unix socket sock
+// exists in pid's network namespace: the kernel creates the server side of
+// a connection in the client's namespace, bound to the path but without
+// the listener's __SO_ACCEPTCON flag.
+func connected(pid int, sock string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/net/unix")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 8 && f[7] == sock && f[3] != "00010000" {
+			return true
+		}
+	}
+	return false
+}
+
+// waitMigrating waits until the source's libvirt reports the outgoing
+// migration job as running.
+func waitMigrating(t *testing.T, h host, name string, errc <-chan error) string {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out, _ := h.lv.VirshErr("domjobinfo", name)
+		// Its data counters appear once QEMU's migration is active; before
+		// that the job is only libvirt's preparation.
+		if strings.Contains(out, "Outgoing migration") && strings.Contains(out, "Data processed") {
+			return out
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("migration ended (%v) before its job was seen running", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("source job never ran: %s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

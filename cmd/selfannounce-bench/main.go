@@ -39,6 +39,9 @@ type options struct {
 	workDir    string
 	cmdline    string
 	baselineSh string
+
+	soakArrivals, soakBatch        int
+	soakOverrunEvery, soakHUPEvery int
 }
 
 func main() {
@@ -54,7 +57,11 @@ func main() {
 	flag.IntVar(&o.idlePorts, "idle-ports", 1000, "idle VM ports for the idle-cost run")
 	flag.DurationVar(&o.idle, "idle", 60*time.Second, "idle-cost measurement window")
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "wait after the daemon is ready before the idle window")
-	flag.StringVar(&o.phases, "phases", "gobench,costs,latency,arrivals,baseline,idle", "comma-separated phases to run")
+	flag.StringVar(&o.phases, "phases", "gobench,costs,latency,arrivals,baseline,idle,wedged,soak", "comma-separated phases to run")
+	flag.IntVar(&o.soakArrivals, "soak-arrivals", 20000, "soak: arrivals and departures of random MACs")
+	flag.IntVar(&o.soakBatch, "soak-batch", 200, "soak: arrivals at a time")
+	flag.IntVar(&o.soakOverrunEvery, "soak-overrun-every", 5, "soak: overrun the daemon's netlink socket every N batches (0: never)")
+	flag.IntVar(&o.soakHUPEvery, "soak-hup-every", 7, "soak: SIGHUP the daemon every N batches (0: never)")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the daemon logs and config")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -63,8 +70,11 @@ func main() {
 	if os.Geteuid() != 0 {
 		fatal(errors.New("needs root (network namespaces, packet sockets)"))
 	}
-	if o.reps < 1 || o.arrivals < 1 || o.idlePorts < 1 || o.idle <= 0 {
-		fatal(errors.New("--reps, --arrivals, --idle-ports and --idle must be positive"))
+	if o.reps < 1 || o.arrivals < 1 || o.idlePorts < 1 || o.idle <= 0 || o.soakArrivals < 1 || o.soakBatch < 1 {
+		fatal(errors.New("--reps, --arrivals, --idle-ports, --idle, --soak-arrivals and --soak-batch must be positive"))
+	}
+	if o.soakArrivals > 30000 {
+		fatal(errors.New("--soak-arrivals is at most 30000 (Xen domids)"))
 	}
 	o.cmdline = strings.Join(os.Args, " ")
 	o.goBench = strings.Contains(o.phases, "gobench")
@@ -123,7 +133,7 @@ func run(ctx context.Context, o *options) (*report, error) {
 		}
 		r.costs = c
 	}
-	needDaemon := has(o.phases, "latency") || has(o.phases, "arrivals") || has(o.phases, "idle")
+	needDaemon := has(o.phases, "latency") || has(o.phases, "arrivals") || has(o.phases, "idle") || has(o.phases, "soak") || has(o.phases, "wedged")
 	if needDaemon {
 		if o.announce == "" {
 			p := filepath.Join(o.workDir, "announce")
@@ -153,6 +163,20 @@ func run(ctx context.Context, o *options) (*report, error) {
 		}
 		r.idle = res
 	}
+	if has(o.phases, "wedged") {
+		res, err := wedgedPhase(ctx, o)
+		if err != nil {
+			return nil, fmt.Errorf("wedged: %w", err)
+		}
+		r.wedged = res
+	}
+	if has(o.phases, "soak") {
+		res, err := soakPhase(ctx, o)
+		if err != nil {
+			return nil, fmt.Errorf("soak: %w", err)
+		}
+		r.soak = res
+	}
 	return r, nil
 }
 
@@ -169,6 +193,12 @@ func startDaemon(l *lab, o *options, name string) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	return launchDaemon(l, o, name, cfg, "--metrics-listen", "off")
+}
+
+// launchDaemon runs `announce daemon --config cfg args...` in the host
+// namespace and waits until it watches.
+func launchDaemon(l *lab, o *options, name, cfg string, args ...string) (*daemon, error) {
 	logPath := filepath.Join(o.workDir, name+".log")
 	lf, err := os.Create(logPath)
 	if err != nil {
@@ -176,7 +206,7 @@ func startDaemon(l *lab, o *options, name string) (*daemon, error) {
 	}
 	defer lf.Close()
 	// `ip netns exec` execs the daemon in place: the pid is the daemon's.
-	cmd := l.host.Cmd(o.announce, "daemon", "--config", cfg, "--metrics-listen", "off")
+	cmd := l.host.Cmd(o.announce, append([]string{"daemon", "--config", cfg}, args...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		return nil, err

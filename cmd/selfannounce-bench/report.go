@@ -71,6 +71,8 @@ type report struct {
 	baselineScript string
 	idle           *idleRun
 	costs          []costRun
+	soak           *soakRun
+	wedged         *wedgedRun
 }
 
 // pct is the nearest-rank percentile of ds.
@@ -199,6 +201,37 @@ func (r *report) markdown(o *options) string {
 			w("\n")
 		}
 		w("\n")
+	}
+	if wd := r.wedged; wd != nil {
+		c50, w50 := pct(wd.clear, .5), pct(wd.wedged, .5)
+		ratio := float64(w50) / float64(max(c50, 1))
+		w("#### A wedged xenstored and a stopped ovs-vswitchd\n\n")
+		w("`%s` (phase `wedged`). One daemon watches a Linux bridge and an Open vSwitch bridge (ovsdb-server and ovs-vswitchd, userspace datapath). "+
+			"Each repetition brings up an OVS VIF (its burst starts), then a Xen vif on the Linux bridge whose guest only xenstore knows, "+
+			"then raises carrier on a Linux-bridge vif whose guest the config names, and times that vif's carrier event to its first RARP on the uplink. "+
+			"In the wedged repetitions ovs-vswitchd is SIGSTOPped after the OVS burst has started and xenstored (the wire-protocol stand-in, behind a proxy) "+
+			"stops answering before the Xen vif comes up; both resume after the measurement. Wedged and clear repetitions alternate, %d each; "+
+			"a first frame not seen within %v counts as missed.\n\n", o.cmdline, wd.reps, wd.timeout)
+		w("| | n | missed | p50 | max |\n|---|---|---|---|---|\n")
+		w("| nothing wedged | %d | %d | %s | %s |\n", len(wd.clear), wd.clearMiss, ms(c50), ms(pct(wd.clear, 1)))
+		w("| xenstored wedged, ovs-vswitchd stopped | %d | %d | %s | %s |\n\n", len(wd.wedged), wd.wedgeMiss, ms(w50), ms(pct(wd.wedged, 1)))
+		w("Wedged / clear (p50): %.1fx; the target is no more than 5 ms added.\n\n", ratio)
+	}
+	if s := r.soak; s != nil {
+		mib := func(v float64) string { return fmt.Sprintf("%.1f MiB", v/(1<<20)) }
+		w("#### Soak: %d arrivals and departures\n\n", s.arrivals)
+		w("`%s` (phase `soak`; daemon: `%s` inside the host namespace). "+
+			"%d Xen guests, each with a random MAC never used before, arrive %d at a time on fresh vif<domid>.0 veths of one Linux bridge "+
+			"(MAC from a xenstored speaking the real wire protocol, carrier from the guest side of the veth), and leave once their burst is done. "+
+			"Every %d batches %d unrelated links appear during the arrivals, overrunning the daemon's shrunk netlink socket; every %d batches it gets a SIGHUP during the arrivals (%d in all). "+
+			"Frames are counted on the switch side of the uplink. Took %v (%.0f arrivals/s).\n\n",
+			o.cmdline, s.daemonCmd, s.arrivals, s.batch, s.overrunEvery, s.noiseLinks, s.hupEvery, s.hups, s.took.Round(time.Second), float64(s.arrivals)/s.took.Seconds())
+		w("| | before | after |\n|---|---|---|\n")
+		w("| goroutines (`go_goroutines`) | %.0f | %.0f |\n", s.before.goroutines, s.after.goroutines)
+		w("| RSS (`process_resident_memory_bytes`) | %s | %s |\n", mib(s.before.rssBytes), mib(s.after.rssBytes))
+		w("| Go heap in use (`go_memstats_heap_inuse_bytes`) | %s | %s |\n\n", mib(s.before.heapInuse), mib(s.after.heapInuse))
+		w("| arrivals | lost (no RARP) | incomplete (< %d RARPs) | doubled (> %d RARPs) | netlink overruns (daemon's count) | SIGHUPs |\n|---|---|---|---|---|---|\n", rounds, rounds)
+		w("| %d | %d | %d | %d | %.0f | %d |\n\n", s.arrivals, s.lost, s.incomplete, s.doubled, s.overruns, s.hups)
 	}
 	if l := r.baseline; l != nil {
 		latencyTable("#### Baseline: `ip monitor link` + `arping` per event", l)

@@ -63,6 +63,16 @@ func (r *recorder) snapshot() ([]carrierEvent, []wireFrame) {
 	return append([]carrierEvent(nil), r.carriers...), append([]wireFrame(nil), r.frames...)
 }
 
+// drain returns the frames recorded since the last drain or reset and
+// forgets them: a soak records too many to copy on every look.
+func (r *recorder) drain() []wireFrame {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fs := r.frames
+	r.frames = nil
+	return fs
+}
+
 // waitFor blocks until ok holds for what has been recorded, or timeout.
 func (r *recorder) waitFor(timeout time.Duration, ok func(c []carrierEvent, f []wireFrame) bool) bool {
 	deadline := time.Now().Add(timeout)

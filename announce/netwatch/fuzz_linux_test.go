@@ -18,7 +18,7 @@ import (
 // the table must own its bytes: the receive buffer is reused for the next
 // datagram.
 func FuzzDatagram(f *testing.F) {
-	f.Add(append(nlmsg(rtmNewLink, vifMsg().bytes(f)), nlmsg(unix.NLMSG_DONE, make([]byte, 4))...))
+	f.Add(append(fuzzMsg(rtmNewLink, vifMsg().bytes(f)), fuzzMsg(unix.NLMSG_DONE, make([]byte, 4))...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tab := table{}
 		var lm linkMsg
@@ -52,7 +52,7 @@ func FuzzDatagram(f *testing.F) {
 }
 
 // nlmsg frames payload as one netlink message, padded to NLMSG_ALIGNTO.
-func nlmsg(typ uint16, payload []byte) []byte {
+func fuzzMsg(typ uint16, payload []byte) []byte {
 	l := unix.NLMSG_HDRLEN + len(payload)
 	b := make([]byte, (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1))
 	binary.NativeEndian.PutUint32(b[0:4], uint32(l))

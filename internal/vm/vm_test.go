@@ -1,0 +1,112 @@
+package vm_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/selfannounce/selfannounce/internal/testbin"
+	"github.com/selfannounce/selfannounce/internal/vm"
+)
+
+// The plain boot: the Debian kernel runs the script as root on the
+// overlay root, loads a module the host kernel lacks, and the script's
+// files and exit status come back.
+func TestRunScript(t *testing.T) {
+	if vm.Inside() {
+		t.Skip("host-side test")
+	}
+	k := vm.DebianKernel(t)
+	res, err := vm.Run(context.Background(), vm.Options{
+		Name: "script",
+		Dir:  t.TempDir(),
+		Script: `set -e
+uname -r > $VM_RESULTS/uname
+id -u > $VM_RESULTS/uid
+modprobe bonding
+ip link add bond0 type bond mode active-backup
+cat /sys/class/net/bond0/bonding/mode > $VM_RESULTS/mode
+touch /usr/share/written-on-overlay
+mount > $VM_RESULTS/mounts
+exit 7`,
+		Timeout: 3 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("boot %v total %v", res.Boot, res.Total)
+	if res.Exit != 7 {
+		t.Errorf("exit %d, want 7", res.Exit)
+	}
+	read := func(n string) string {
+		b, err := os.ReadFile(filepath.Join(res.Dir, n))
+		if err != nil {
+			t.Error(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if got := read("uname"); got != k.ABI {
+		t.Errorf("uname -r %q, want %q", got, k.ABI)
+	}
+	if got := read("uid"); got != "0" {
+		t.Errorf("uid %q", got)
+	}
+	if got := read("mode"); !strings.HasPrefix(got, "active-backup") {
+		t.Errorf("bond mode %q", got)
+	}
+	if _, err := os.Stat("/usr/share/written-on-overlay"); err == nil {
+		t.Error("a write inside the VM reached the host root")
+	}
+}
+
+// A kernel panic ends the run at once with the console tail.
+func TestPanicIsReported(t *testing.T) {
+	if vm.Inside() {
+		t.Skip("host-side test")
+	}
+	vm.DebianKernel(t)
+	start := time.Now()
+	res, err := vm.Run(context.Background(), vm.Options{
+		Name:    "panic",
+		Dir:     t.TempDir(),
+		Script:  "echo c > /proc/sysrq-trigger; sleep 600",
+		Timeout: 3 * time.Minute,
+	})
+	if !errors.Is(err, vm.ErrPanic) {
+		t.Fatalf("err %v, want ErrPanic", err)
+	}
+	if !strings.Contains(err.Error(), "Kernel panic") {
+		t.Errorf("error lacks the console line: %v", err)
+	}
+	t.Logf("panic reported %v after start (boot %v)", time.Since(start), res.Boot)
+}
+
+// RunTests: the inner tests below run inside one VM and come back as
+// subtests of TestVM.
+func TestVM(t *testing.T) {
+	vm.RunTests(t, vm.Options{Timeout: 4 * time.Minute}, "^TestInVM")
+}
+
+func TestInVMKernel(t *testing.T) {
+	vm.RequireInside(t)
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(string(b)), "-amd64") {
+		t.Errorf("not the Debian kernel: %s", b)
+	}
+	if p := testbin.Announce(t); !strings.HasPrefix(p, vm.GuestRunDir) {
+		t.Errorf("announce %s: not the host-built one", p)
+	}
+	t.Run("sub", func(t *testing.T) { t.Log("a subtest") })
+}
+
+func TestInVMSkip(t *testing.T) {
+	vm.RequireInside(t)
+	t.Skip("skips are reported")
+}

@@ -33,7 +33,7 @@ deps:
 # Xen under QEMU. The kernel .deb is only downloaded, never installed: the
 # tests unpack it. Its ABI is whatever linux-image-amd64 points at today.
 VM_DEB_DIR := /var/cache/selfannounce/debs
-VM_PKGS    := qemu-system-x86 busybox-static kmod dpkg xen-hypervisor-4.17-amd64
+VM_PKGS    := qemu-system-x86 busybox-static kmod dpkg xen-hypervisor-4.17-amd64 xen-utils-4.17
 deps-vm:
 	$(call apt_install,$(VM_PKGS))
 	@abi=$$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: linux-image-\([0-9].*-amd64\)$$/\1/p' | head -n1); \
@@ -52,7 +52,8 @@ build:
 # The main job: a silent VM migrates between two hosts in network
 # namespaces, without and with selfannounce.
 # LAB_FLAGS=--ovs runs the same migration between Open vSwitch hosts.
-lab: deps-lab build
+# LAB_FLAGS=--xen boots real Xen under QEMU and migrates a real PVH guest.
+lab: deps-lab $(if $(findstring --xen,$(LAB_FLAGS)),deps-vm) build
 	$(BIN)/selfannounce-lab --announce $(BIN)/announce $(LAB_FLAGS)
 
 # Every test. End-to-end tests need root; SELFANNOUNCE_E2E=require (CI) makes

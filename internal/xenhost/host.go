@@ -68,7 +68,7 @@ func Start(ctx context.Context, dir string) (*Host, error) {
 		}
 	}
 	if _, err := os.Stat(xenstore.DefaultSocket); err != nil {
-		if out, err := run(ctx, filepath.Join(ToolsDir, "xenstored"), "--pid-file", "/var/run/xenstored.pid"); err != nil {
+		if out, err := daemon(ctx, filepath.Join(ToolsDir, "xenstored"), "--pid-file", "/var/run/xenstored.pid"); err != nil {
 			return nil, fmt.Errorf("dom0: xenstored: %v: %s", err, out)
 		}
 		if err := waitFile(ctx, xenstore.DefaultSocket); err != nil {
@@ -87,7 +87,7 @@ func Start(ctx context.Context, dir string) (*Host, error) {
 		}
 	}
 	if _, err := os.Stat("/var/run/xenconsoled.pid"); err != nil {
-		if out, err := run(ctx, filepath.Join(ToolsDir, "xenconsoled"), "--pid-file=/var/run/xenconsoled.pid", "--log=guest", "--log-dir=/var/log/xen/console"); err != nil {
+		if out, err := daemon(ctx, filepath.Join(ToolsDir, "xenconsoled"), "--pid-file=/var/run/xenconsoled.pid", "--log=guest", "--log-dir=/var/log/xen/console"); err != nil {
 			return nil, fmt.Errorf("dom0: xenconsoled: %v: %s", err, out)
 		}
 	}
@@ -103,9 +103,31 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
+	// xl forks a monitoring daemon per domain; should it keep the pipe,
+	// the command itself has still finished.
+	if errors.Is(err, exec.ErrWaitDelay) {
+		err = nil
+	}
 	if ctx.Err() != nil && err != nil {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
+	return strings.TrimSpace(string(out)), err
+}
+
+// daemon starts a program that forks into the background. Its output goes
+// to a file, not a pipe: the forked daemon keeps its stdio, and a pipe
+// would hold Wait until the daemon exits.
+func daemon(ctx context.Context, name string, args ...string) (string, error) {
+	logf := filepath.Join("/var/log/xen", filepath.Base(name)+".out")
+	f, err := os.Create(logf)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	err = cmd.Run()
+	out, _ := os.ReadFile(logf)
 	return strings.TrimSpace(string(out)), err
 }
 

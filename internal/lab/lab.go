@@ -41,6 +41,11 @@ type Options struct {
 	// OVS builds hosts A and B on Open vSwitch bridges (userspace datapath,
 	// a private ovsdb-server and ovs-vswitchd each) instead of Linux ones.
 	OVS bool
+	// HostB, when set, is an existing namespace to build host B in, such
+	// as a VM's root namespace (netlab.Attach) where systemd runs the
+	// packaged unit. Close leaves it in place; the caller removes the
+	// links the lab made there.
+	HostB *netlab.NS
 }
 
 // Lab is a built topology.
@@ -68,6 +73,10 @@ func (l *Lab) build() (*Lab, error) {
 		ns   **netlab.NS
 		role string
 	}{{&l.Switch, "sw"}, {&l.HostA, "hosta"}, {&l.HostB, "hostb"}, {&l.Client, "client"}, {&l.VM, "vm"}} {
+		if p.role == "hostb" && opts.HostB != nil {
+			l.HostB = opts.HostB
+			continue
+		}
 		n, err := netlab.NewNS(p.role)
 		if err != nil {
 			return nil, err

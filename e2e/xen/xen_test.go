@@ -9,6 +9,7 @@ package xen_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -63,13 +64,29 @@ func newHost(t *testing.T) *host {
 	if vmlinuz == "" {
 		t.Fatalf("%s is not set: the host wrapper passes the Debian kernel's path", EnvVmlinuz)
 	}
-	tb, err := xenhost.NewTestbed(context.Background(), t.TempDir(), vmlinuz, t.Logf)
+	tb, err := xenhost.NewTestbed(context.Background(), t.TempDir(), vmlinuz, progress(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tb.Close)
 	t.Logf("guest create redos (emulator crashes): %d", tb.Redos)
 	return &host{Testbed: tb, l: tb.Lab, h: tb.Host}
+}
+
+// progress logs to t and, as it happens, to $VM_RESULTS/xen-progress.log
+// on the host: a TCG migration is slow enough to want watching.
+func progress(t *testing.T) func(string, ...any) {
+	var f *os.File
+	if d := os.Getenv("VM_RESULTS"); d != "" {
+		f, _ = os.OpenFile(filepath.Join(d, "xen-progress.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	}
+	return func(format string, args ...any) {
+		t.Helper()
+		t.Logf(format, args...)
+		if f != nil {
+			fmt.Fprintf(f, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+		}
+	}
 }
 
 // move migrates the guest to bridge to, with a capture on the

@@ -43,18 +43,21 @@ const MaxRedos = 2
 // initramfs built now. A guest the emulator kills while booting is
 // created again, at most MaxRedos times.
 func NewTestbed(ctx context.Context, dir, vmlinuz string, logf func(string, ...any)) (*Testbed, error) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	t0 := time.Now()
 	h, err := Start(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
+	logf("dom0: modules, xenfs, xenstored, xen-init-dom0, xenconsoled up in %v", time.Since(t0).Round(time.Millisecond))
 	l, err := lab.NewXen()
 	if err != nil {
 		return nil, err
 	}
 	tb := &Testbed{Host: h, Lab: l, Dir: dir, Name: "sa-guest", Cfg: map[string]string{}, Bridge: lab.XenBridgeA, Log: logf}
-	if tb.Log == nil {
-		tb.Log = func(string, ...any) {}
-	}
+	logf("lab: switch, client, xenbrA and xenbrB up")
 	fail := func(err error) (*Testbed, error) { tb.Close(); return nil, err }
 	abi, err := exec.Command("uname", "-r").Output()
 	if err != nil {
@@ -103,6 +106,7 @@ func NewTestbed(ctx context.Context, dir, vmlinuz string, logf func(string, ...a
 func (tb *Testbed) create(ctx context.Context, bridge string) error {
 	tb.Host.Destroy(ctx, tb.Name)
 	t0 := time.Now()
+	tb.Log("xl create on %s", bridge)
 	id, err := tb.Host.Create(ctx, tb.Cfg[bridge], 5*time.Minute)
 	if err != nil {
 		return err
@@ -137,6 +141,7 @@ func (tb *Testbed) Move(ctx context.Context, to, label string, floor bool, befor
 		if before != nil {
 			before(attempt)
 		}
+		tb.Log("%s: xl migrate %s -> %s", label, tb.Bridge, to)
 		var err error
 		mv, err = tb.Host.MigrateObserved(ctx, tb.Lab, Move{
 			Domain: tb.Name, Cfg: tb.Cfg[to], From: tb.Bridge, To: to, OldVif: tb.Vif(),

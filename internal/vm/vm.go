@@ -150,6 +150,12 @@ mkdir -p /newroot@MODDIR@ /newroot/vm
 mount -t 9p -o ` + shares + `,ro modules /newroot@MODDIR@ || die "mount the modules"
 mount -t 9p -o ` + shares + `,cache=mmap vmrun /newroot/vm || die "mount the run share"
 if [ -d /newroot/vm/root ]; then cp -a /newroot/vm/root/. /newroot/ || die "copy the files"; fi
+# The host's /tmp is not the VM's: systemd-tmpfiles would empty it (D /tmp)
+# through the overlay, file by file over 9p.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || die "tmpfs /tmp"
+# The host may be a container: systemd would believe it runs in one, and
+# then ignore the kernel command line.
+rm -f /newroot/.dockerenv /newroot/run/.containerenv
 for d in proc sys dev; do mount --move /$d /newroot/$d || die "move /$d"; done
 exec switch_root /newroot @INIT@
 `
@@ -159,7 +165,6 @@ const stageScript = `mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /dev/pts /dev/shm /run/lock
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
-mount -t tmpfs -o nosuid,nodev tmpfs /tmp
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 hostname vm
@@ -338,7 +343,7 @@ func prepare(dir string, k *Kernel, o Options) error {
 	}
 	init := "/bin/sh /vm/stage.sh"
 	if o.Init == InitSystemd {
-		init = "/lib/systemd/systemd"
+		init = "/lib/systemd/systemd --unit=vm.target"
 	}
 	tmpl := strings.NewReplacer("@MODDIR@", modulesMount(), "@INIT@", init).Replace(initTmpl)
 	return writeInitramfs(filepath.Join(dir, "initrd"), k, tmpl)
@@ -377,10 +382,11 @@ func qemuArgs(dir string, k *Kernel, o Options) ([]string, error) {
 			return nil, fmt.Errorf("path %q has a comma, which QEMU cannot take", p)
 		}
 	}
-	kargs := "panic=-1 quiet " + o.Cmdline
+	kargs := "panic=-1 quiet"
 	if o.Init == InitSystemd {
-		kargs += " systemd.unit=vm.target systemd.show_status=error"
+		kargs += " systemd.show_status=error"
 	}
+	kargs += " " + o.Cmdline
 	a := []string{"-name", safeName(o.Name), "-accel", "tcg", "-M", "q35",
 		"-m", strconv.Itoa(o.MemMB), "-smp", strconv.Itoa(o.CPUs),
 		"-nodefaults", "-display", "none", "-no-reboot",

@@ -10,21 +10,26 @@ import (
 	"time"
 
 	"github.com/selfannounce/selfannounce/internal/testbin"
+	"github.com/selfannounce/selfannounce/internal/testenv"
 	"github.com/selfannounce/selfannounce/internal/vm"
 )
 
-// The plain boot: the Debian kernel runs the script as root on the
-// overlay root, loads a module the host kernel lacks, and the script's
-// files and exit status come back.
-func TestRunScript(t *testing.T) {
+// systemd as PID 1: the Debian kernel boots the host's systemd on the
+// overlay root, the script runs as root from the generated unit, loads a
+// module the host kernel lacks, and its files and exit status come back.
+// The plain init is TestVM's.
+func TestRunSystemd(t *testing.T) {
 	if vm.Inside() {
 		t.Skip("host-side test")
 	}
 	k := vm.DebianKernel(t)
 	res, err := vm.Run(context.Background(), vm.Options{
-		Name: "script",
+		Name: "systemd",
+		Init: vm.InitSystemd,
 		Dir:  t.TempDir(),
 		Script: `set -e
+cat /proc/1/comm > $VM_RESULTS/pid1
+systemctl is-active vm-script.service > $VM_RESULTS/unit || true
 uname -r > $VM_RESULTS/uname
 id -u > $VM_RESULTS/uid
 modprobe bonding
@@ -33,7 +38,7 @@ cat /sys/class/net/bond0/bonding/mode > $VM_RESULTS/mode
 touch /usr/share/written-on-overlay
 mount > $VM_RESULTS/mounts
 exit 7`,
-		Timeout: 3 * time.Minute,
+		Timeout: 6 * time.Minute,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +56,12 @@ exit 7`,
 	}
 	if got := read("uname"); got != k.ABI {
 		t.Errorf("uname -r %q, want %q", got, k.ABI)
+	}
+	if got := read("pid1"); got != "systemd" {
+		t.Errorf("PID 1 is %q, want systemd", got)
+	}
+	if got := read("unit"); got != "activating" {
+		t.Errorf("vm-script.service is %q while its script runs, want activating", got)
 	}
 	if got := read("uid"); got != "0" {
 		t.Errorf("uid %q", got)
@@ -109,4 +120,41 @@ func TestInVMKernel(t *testing.T) {
 func TestInVMSkip(t *testing.T) {
 	vm.RequireInside(t)
 	t.Skip("skips are reported")
+}
+
+// Xen: the hypervisor boots with the same kernel as its PV dom0, and the
+// script runs in dom0.
+func TestRunXen(t *testing.T) {
+	if vm.Inside() {
+		t.Skip("host-side test")
+	}
+	vm.DebianKernel(t)
+	if _, err := vm.XenHypervisor(); err != nil {
+		testenv.Skip(t, err.Error())
+	}
+	res, err := vm.Run(context.Background(), vm.Options{
+		Name: "xen",
+		Xen:  true,
+		Dir:  t.TempDir(),
+		Script: `cat /sys/hypervisor/type > $VM_RESULTS/type
+cat /sys/hypervisor/guest_type > $VM_RESULTS/guest_type
+exit 3`,
+		Timeout: 6 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("boot %v total %v", res.Boot, res.Total)
+	if res.Exit != 3 {
+		t.Errorf("exit %d, want 3", res.Exit)
+	}
+	for f, want := range map[string]string{"type": "xen", "guest_type": "PV"} {
+		b, err := os.ReadFile(filepath.Join(res.Dir, f))
+		if got := strings.TrimSpace(string(b)); err != nil || got != want {
+			t.Errorf("/sys/hypervisor/%s = %q (%v), want %q", f, got, err, want)
+		}
+	}
+	if !strings.Contains(vm.Tail(res.Console, 400), "(XEN)") {
+		t.Error("no Xen lines on the console")
+	}
 }

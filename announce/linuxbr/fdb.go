@@ -132,11 +132,30 @@ func checkRepair(p *Path, mac net.HardwareAddr) error {
 	return nil
 }
 
+// repairFDB repairs the entry of every VLAN the guest sends on: the PVID
+// (or no VLAN) and a trunk port's tagged VLANs.
 func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (bool, error) {
-	var vid uint16
-	if p.VLANFiltering {
-		vid = p.VLAN
+	var vids []uint16
+	if !p.VLANFiltering {
+		vids = append(vids, 0)
+	} else if len(p.Uplinks) > 0 {
+		vids = append(vids, p.VLAN)
 	}
+	for _, t := range p.Tagged {
+		vids = append(vids, t.VLAN)
+	}
+	changed := false
+	for _, vid := range vids {
+		c, err := repairVLAN(ctx, ops, p, mac, vid)
+		changed = changed || c
+		if err != nil {
+			return changed, err
+		}
+	}
+	return changed, nil
+}
+
+func repairVLAN(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr, vid uint16) (bool, error) {
 	e, found, err := ops.lookup(p.Bridge.Index, mac, vid)
 	if err != nil {
 		return false, fmt.Errorf("bridge %q: looking up FDB entry %s vlan %d: %v", p.Bridge.Name, mac, vid, err)

@@ -60,7 +60,7 @@ func TestInXen(t *testing.T) {
 	t.Run("DaemonMigration", func(t *testing.T) {
 		cfg := writeFile(t, x.Dir, "daemon.yaml", daemonConfig)
 		d := startDaemon(t, x, cfg)
-		mv, c := x.move(t, lab.XenBridgeB, "announce daemon", true)
+		mv, c := x.move(t, x.other(), "announce daemon", true)
 		res.WithDaemon = mv.Report
 		lat := x.checkArrival(t, mv, c)
 		bursts := d.WaitLogs(10*time.Second, 1, func(l proctest.Log) bool {
@@ -102,14 +102,15 @@ func TestInXen(t *testing.T) {
 	})
 
 	t.Run("NoAgentMigration", func(t *testing.T) {
-		mv, c := x.move(t, lab.XenBridgeA, "without agent", false)
+		from := xenhost.Port(x.Bridge)
+		mv, c := x.move(t, x.other(), "without agent", false)
 		res.WithoutAgent = mv.Report
 		// The guest is really silent: nothing moved the switch.
 		for _, f := range guestFrames(c) {
 			t.Errorf("the silent guest sent a frame (ethertype %#04x) after migrating", f.EtherType())
 		}
-		if p, _ := x.l.FDBPort(x.l.Switch, "sw", lab.GuestMAC); p != "pB" {
-			t.Errorf("without an agent the switch should still send the guest's traffic to pB (stale), got %q", p)
+		if p, _ := x.l.FDBPort(x.l.Switch, "sw", lab.GuestMAC); p != from {
+			t.Errorf("without an agent the switch should still send the guest's traffic to %s (stale), got %q", from, p)
 		}
 		if w := res.WithDaemon; w.Sent > 0 {
 			t.Logf("lost pings at %v: without agent %d of %d, with the daemon %d of %d (ratio %.1f)",
@@ -119,7 +120,7 @@ func TestInXen(t *testing.T) {
 
 	t.Run("HookMigration", func(t *testing.T) {
 		installHook(t)
-		mv, c := x.move(t, lab.XenBridgeB, "xl hook", false)
+		mv, c := x.move(t, x.other(), "xl hook", false)
 		res.Hook = mv.Report
 		x.checkArrival(t, mv, c)
 		checkHookTimes(t, mv.Vif)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -69,8 +70,26 @@ func newHost(t *testing.T) *host {
 		t.Fatal(err)
 	}
 	t.Cleanup(tb.Close)
+	t.Cleanup(func() {
+		// xl's and the hotplug scripts' logs, for a failed run.
+		if d := os.Getenv("VM_RESULTS"); d != "" {
+			exec.Command("cp", "-r", "/var/log/xen", filepath.Join(d, "xenlog")).Run()
+			if out, err := exec.Command("xl", "dmesg").Output(); err == nil {
+				os.WriteFile(filepath.Join(d, "xl-dmesg.txt"), out, 0o644)
+			}
+		}
+	})
 	t.Logf("guest create redos (emulator crashes): %d", tb.Redos)
 	return &host{Testbed: tb, l: tb.Lab, h: tb.Host}
+}
+
+// other is the bridge the guest is not on: every scenario migrates there,
+// so one that failed leaves the next one a valid move.
+func (x *host) other() string {
+	if x.Bridge == lab.XenBridgeA {
+		return lab.XenBridgeB
+	}
+	return lab.XenBridgeA
 }
 
 // progress logs to t and, as it happens, to $VM_RESULTS/xen-progress.log

@@ -133,9 +133,16 @@ func (tb *Testbed) Move(ctx context.Context, to, label string, floor bool, befor
 	var mv *Moved
 	redos, err := tb.Host.Redo(MaxRedos, func(attempt int) error {
 		if attempt > 0 {
-			tb.Log("redo %d of %q: the emulator killed the guest; recreating it on %s", attempt, label, tb.Bridge)
-			if err := tb.create(ctx, tb.Bridge); err != nil {
-				return err
+			// A failed migration resumes the guest at the sender; only a
+			// guest that died is created again.
+			if id, err := tb.Host.DomID(ctx, tb.Name); err == nil {
+				tb.DomID = id
+				tb.Log("redo %d of %q: the guest survived on %s (domid %d)", attempt, label, tb.Bridge, id)
+			} else {
+				tb.Log("redo %d of %q: the emulator killed the guest; recreating it on %s", attempt, label, tb.Bridge)
+				if err := tb.create(ctx, tb.Bridge); err != nil {
+					return err
+				}
 			}
 		}
 		if before != nil {

@@ -58,12 +58,13 @@ lab: deps-lab $(if $(findstring --xen,$(LAB_FLAGS)),deps-vm) build
 
 # Every test. End-to-end tests need root; SELFANNOUNCE_E2E=require (CI) makes
 # a skipped one fail.
-# The package tests inspect and install the .deb and .rpm built first.
+# The package tests inspect and install the .deb and .rpm built first;
+# e2e/systemd installs them in a VM booted with systemd as init.
 # The end-to-end packages run one at a time: their loss and latency bounds
 # are about the agent, not about sharing two cores with a QEMU under TCG.
 test: deps deps-vm build packages
 	SELFANNOUNCE_PACKAGES=$(PKG_DIST) $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v /e2e/)
-	$(GO) test -count=1 -p 1 -timeout 40m ./e2e/...
+	SELFANNOUNCE_PACKAGES=$(PKG_DIST) $(GO) test -count=1 -p 1 -timeout 40m ./e2e/...
 
 unit:
 	$(GO) test -count=1 -short ./...

@@ -32,9 +32,6 @@ var Modules = []string{"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"
 type Host struct {
 	// Dir is a scratch directory for configs and initramfs.
 	Dir string
-	// dmesgMark is how many lines of `xl dmesg` were there at the last
-	// Mark: crashes are looked for after it.
-	dmesgMark int
 }
 
 // Start prepares dom0. It is idempotent enough for one process: a second
@@ -144,11 +141,11 @@ func waitFile(ctx context.Context, p string) error {
 	}
 }
 
-// Mark remembers the hypervisor console's current end; Crash looks only at
-// what came after.
+// Mark clears the hypervisor console ring (`xl dmesg -c`); Crash looks
+// only at what came after. The ring is 16 KiB, so counting lines would
+// break when it wraps.
 func (h *Host) Mark() {
-	out, _ := run(context.Background(), "xl", "dmesg")
-	h.dmesgMark = strings.Count(out, "\n")
+	run(context.Background(), "xl", "dmesg", "-c")
 }
 
 // Crash returns the hypervisor console lines since the last Mark that show
@@ -156,12 +153,8 @@ func (h *Host) Mark() {
 // on resume is the emulator's (TCG), not the product's.
 func (h *Host) Crash() string {
 	out, _ := run(context.Background(), "xl", "dmesg")
-	lines := strings.Split(out, "\n")
-	if h.dmesgMark < len(lines) {
-		lines = lines[h.dmesgMark:]
-	}
 	var bad []string
-	for _, l := range lines {
+	for _, l := range strings.Split(out, "\n") {
 		if IsGuestCrash(l) {
 			bad = append(bad, l)
 		}

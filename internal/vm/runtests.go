@@ -15,6 +15,11 @@ import (
 	"github.com/selfannounce/selfannounce/internal/testenv"
 )
 
+// EnvRun narrows the inner -test.run pattern of every RunTests, to run a
+// few inner tests by hand: SELFANNOUNCE_VM_RUN='^TestInVMBond' go test
+// -run TestKernelVM ./e2e/kernel.
+const EnvRun = "SELFANNOUNCE_VM_RUN"
+
 // EnvInside is set to 1 in the VM's environment.
 const EnvInside = "SELFANNOUNCE_IN_VM"
 
@@ -85,6 +90,9 @@ func RunTests(t *testing.T, o Options, pattern string) {
 		env[k] = v
 	}
 	o.Env = env
+	if p := os.Getenv(EnvRun); p != "" {
+		pattern = p
+	}
 	args := []string{"-test.run=" + shQuote(pattern), "-test.v=test2json", "-test.count=1", "-test.timeout=" + inner.String()}
 	if testing.Short() {
 		args = append(args, "-test.short")

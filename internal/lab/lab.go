@@ -59,6 +59,12 @@ type Options struct {
 	// TrunkVif makes host B's vif (VLANFiltering) a trunk of VLAN and
 	// TrunkVLANs, tagged, with no PVID.
 	TrunkVif bool
+	// Bond makes host B's uplink (a Linux bridge host) the bond "bond0" of
+	// up0 and up1 in this mode (active-backup, balance-xor, 802.3ad,
+	// balance-alb...). In balance-xor and 802.3ad the members face one
+	// switch LAG "pB" (static, or LACP); otherwise pB and pB2. Needs the
+	// bonding module: the kernel VM.
+	Bond string
 	// HostB, when set, is an existing namespace to build host B in, such
 	// as a VM's root namespace (netlab.Attach) where systemd runs the
 	// packaged unit. Close leaves it in place; the caller removes the
@@ -116,6 +122,13 @@ func (l *Lab) build() (*Lab, error) {
 	}{{l.HostA, "pA", ""}, {l.HostB, "pB", stp}} {
 		if opts.OVS {
 			if err := l.ovsHost(h.ns, h.port); err != nil {
+				return nil, err
+			}
+		} else if opts.Bond != "" && h.ns == l.HostB {
+			if err := l.bondHost(h.ns, h.stp); err != nil {
+				return nil, err
+			}
+			if err := l.bondSwitchPorts(); err != nil {
 				return nil, err
 			}
 		} else if opts.VLAN != 0 {

@@ -70,7 +70,7 @@ func (l *Lab) Healed(rep Report, maxLost int) []string {
 	if rep.Lost > maxLost {
 		bad = append(bad, fmt.Sprintf("client lost %d pings at %v (missed seqs %v), want at most %d", rep.Lost, DefaultMigration().Interval, rep.Missed, maxLost))
 	}
-	if p, _ := l.FDBPort(l.Switch, "sw", GuestMAC); p != "pB" && (p != "pB2" || l.opts.OVSBond == "") {
+	if p, _ := l.FDBPort(l.Switch, "sw", GuestMAC); p != "pB" && (p != "pB2" || l.opts.OVSBond == "" && l.opts.Bond == "") {
 		bad = append(bad, fmt.Sprintf("switch FDB: guest MAC on %q, want pB (host B's port)", p))
 	}
 	if p, _ := l.FDBPort(l.HostB, l.BridgeName(), GuestMAC); p != DstVif {

@@ -120,6 +120,8 @@ func (l *Lab) linuxPlug(ns *netlab.NS, vif, peer string) error {
 // isUplink says port is host B's uplink as its bridge's FDB names it.
 func (l *Lab) isUplink(port string) bool {
 	switch {
+	case !l.opts.OVS && l.opts.Bond != "":
+		return port == BondName
 	case l.opts.OVS && l.opts.OVSBond != "":
 		return port == "up0" || port == "up1"
 	case !l.opts.OVS && l.opts.VLAN != 0 && l.opts.Layout == VLANDevice:

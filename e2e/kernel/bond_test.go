@@ -5,7 +5,9 @@ package kernel_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,7 +69,9 @@ func bondMigration(t *testing.T, mode string) {
 	sent := guestAnnouncements(capBond.Stop(t))
 	var out [2][]wiretest.Frame
 	for i, c := range capM {
-		out[i] = guestAnnouncements(c.Stop(t))
+		all := c.Stop(t)
+		out[i] = guestAnnouncements(all)
+		checkGuestIdentity(t, fmt.Sprintf("up%d", i), all)
 	}
 	if len(sent) == 0 {
 		t.Fatalf("no announcement for the guest went into %s", lab.BondName)
@@ -179,4 +183,38 @@ func frameKinds(fs []wiretest.Frame) map[sniff.Kind]int {
 		n[a.Kind]++
 	}
 	return n
+}
+
+// checkGuestIdentity fails t for any frame leaving a member that carries
+// the guest's IPv4 address with another MAC: the guest's own unicast
+// (ping replies) and its announcements. balance-alb's tlb rewrites the
+// Ethernet source of what it sends on a non-active member, and its rlb the
+// sender of ARP replies; a bridged guest's frames must survive both.
+func checkGuestIdentity(t *testing.T, member string, fs []wiretest.Frame) {
+	t.Helper()
+	guestIP := net.ParseIP(lab.GuestIP).To4()
+	checked := 0
+	for _, f := range fs {
+		d := f.Untagged()
+		if len(d) < 14 {
+			continue
+		}
+		switch binary.BigEndian.Uint16(d[12:]) {
+		case 0x0800:
+			if len(d) >= 34 && bytes.Equal(d[26:30], guestIP) {
+				checked++
+				if !bytes.Equal(f.Src(), guestMAC) {
+					t.Errorf("%s: an IPv4 frame from the guest left with Ethernet source %s, not the guest's", member, f.Src())
+				}
+			}
+		case 0x0806:
+			if len(d) >= 42 && bytes.Equal(d[28:32], guestIP) {
+				checked++
+				if sha := net.HardwareAddr(d[22:28]); !bytes.Equal(sha, guestMAC) || !bytes.Equal(f.Src(), guestMAC) {
+					t.Errorf("%s: an ARP frame for the guest's address left with sender %s, Ethernet source %s", member, sha, f.Src())
+				}
+			}
+		}
+	}
+	t.Logf("%s: %d frames with the guest's IPv4 address, all with its MAC unless reported", member, checked)
 }

@@ -48,6 +48,10 @@ type Options struct {
 	// host path. Nothing is copied onto the root, so big binaries cost
 	// nothing until they are read.
 	Copy map[string]string
+	// Mask lists systemd units not to start with InitSystemd (an empty
+	// unit file in /etc/systemd/system masks a unit), such as host
+	// services a test does not need under TCG.
+	Mask []string
 	// Cmdline is appended to the kernel's command line.
 	Cmdline string
 	// QEMUArgs are appended to QEMU's (NICs, more disks...).
@@ -315,6 +319,9 @@ func prepare(dir string, k *Kernel, o Options) error {
 		root["/etc/hostname"] = "vm\n"
 		root["/etc/systemd/system/vm.target"] = systemdTarget
 		root["/etc/systemd/system/vm-script.service"] = systemdService
+	}
+	for _, u := range o.Mask {
+		root["/etc/systemd/system/"+u] = ""
 	}
 	for p, c := range o.Files {
 		root[p] = c

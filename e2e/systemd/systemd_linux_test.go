@@ -386,12 +386,14 @@ func debLifecycle(t *testing.T, h *host) {
 
 	t.Run("watchdog", func(t *testing.T) {
 		before, _ := strconv.Atoi(show(t, "NRestarts")["NRestarts"])
+		stopped := time.Now()
 		if err := exec.Command("kill", "-STOP", strconv.Itoa(pid)).Run(); err != nil {
 			t.Fatal(err)
 		}
 		// WatchdogSec=20s, then SIGABRT (held while stopped) and SIGKILL
 		// after TimeoutAbortSec, then RestartSec=2s.
 		npid := waitState(t, 120*time.Second, "active", "running", pid)
+		t.Logf("SIGSTOP to a new MainPID running: %v (WatchdogSec=20s)", time.Since(stopped).Round(100*time.Millisecond))
 		after, _ := strconv.Atoi(show(t, "NRestarts")["NRestarts"])
 		if after != before+1 {
 			t.Errorf("NRestarts %d -> %d, want one restart", before, after)

@@ -200,14 +200,14 @@ AllowIsolate=yes
 const systemdService = `[Unit]
 Description=selfannounce VM script
 After=basic.target
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c '. /vm/run.sh; exit 0'
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=infinity
-SuccessAction=poweroff-force
-FailureAction=poweroff-force
 `
 
 // Run boots the VM, runs o.Script and returns after QEMU is gone. QEMU

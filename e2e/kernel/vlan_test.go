@@ -4,6 +4,7 @@ package kernel_test
 
 import (
 	"github.com/selfannounce/selfannounce/announce/sniff"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,19 +13,41 @@ import (
 )
 
 // XenServer's Linux-bridge VLAN network: bridge xapi1 bridges the 802.1Q
-// device up0.100 and the vifs, and filters nothing. The one-shot writes on
-// up0.100, which tags; every frame must leave the physical member up0 with
-// exactly one tag 100, each announcement once per round.
+// device bond0.100 (or up0.100 on a plain uplink) and the vifs, and filters
+// nothing. The one-shot writes on the VLAN device, which tags; every frame
+// must leave one physical member with exactly one tag 100, each
+// announcement once per round, and nothing on the other member.
 func TestInVMVlanXapiBridge(t *testing.T) {
-	l := newLab(t, lab.Options{VLAN: 100, Layout: lab.VLANDevice})
-	c := wiretest.Start(t, l.HostB, "up0", wiretest.Out)
-	migrate(t, l, 100)
-	fs := c.Stop(t)
-	guest := filter(fs, wiretest.From(guestMAC))
-	checkTaggedOnce(t, "host B up0", guest, 100)
-	checkRounds(t, announcements(guest), map[string]int{"rarp/100": rounds, "garp-request/100": rounds})
-	if p := bridgePort(t, l.HostB, lab.VLANBridge, 0); p != lab.DstVif {
-		t.Errorf("host B %s FDB: guest MAC on %q, want %s", lab.VLANBridge, p, lab.DstVif)
+	for _, tc := range []struct {
+		name, bond, uplink string
+	}{
+		{"bond0.100", "active-backup", "bond0.100"},
+		{"up0.100", "", "up0.100"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t, lab.Options{VLAN: 100, Layout: lab.VLANDevice, Bond: tc.bond})
+			if br := l.HostB.MustRun(t, "cat", "/sys/class/net/"+tc.uplink+"/master/uevent"); !strings.Contains(br, "INTERFACE="+lab.VLANBridge) {
+				t.Fatalf("%s is not in %s: %s", tc.uplink, lab.VLANBridge, br)
+			}
+			c0 := wiretest.Start(t, l.HostB, "up0", wiretest.Out)
+			var c1 *wiretest.Capture
+			if tc.bond != "" {
+				c1 = wiretest.Start(t, l.HostB, "up1", wiretest.Out)
+			}
+			migrate(t, l, 100)
+			guest := filter(c0.Stop(t), wiretest.From(guestMAC))
+			checkTaggedOnce(t, "host B up0", guest, 100)
+			checkRounds(t, announcements(guest), map[string]int{"rarp/100": rounds, "garp-request/100": rounds})
+			if c1 != nil {
+				// active-backup with primary up0: the backup member sends nothing.
+				if other := filter(c1.Stop(t), wiretest.From(guestMAC)); len(other) != 0 {
+					t.Errorf("%d frames from the guest MAC left on the backup member up1 too: %v", len(other), kinds(announcements(other)))
+				}
+			}
+			if p := bridgePort(t, l.HostB, lab.VLANBridge, 0); p != lab.DstVif {
+				t.Errorf("host B %s FDB: guest MAC on %q, want %s", lab.VLANBridge, p, lab.DstVif)
+			}
+		})
 	}
 }
 

@@ -47,11 +47,9 @@ func (l *Lab) bondHost(ns *netlab.NS, stp string) error {
 		ip link set up0 master %[1]s
 		ip link set up1 master %[1]s
 		%[6]s
-		ip link add %[7]s type bridge%[8]s
-		ip link set %[7]s up
-		ip link set %[1]s master %[7]s up
+		%[7]s
 		ip link set up0 up
-		ip link set up1 up`, BondName, mode, m[0], l.Switch.Name, m[1], bondOpts(BondName, extra), Bridge, stp)); err != nil {
+		ip link set up1 up`, BondName, mode, m[0], l.Switch.Name, m[1], bondOpts(BondName, extra), l.bondBridge(stp))); err != nil {
 		return err
 	}
 	if lag != "" {

@@ -120,6 +120,8 @@ func (l *Lab) linuxPlug(ns *netlab.NS, vif, peer string) error {
 // isUplink says port is host B's uplink as its bridge's FDB names it.
 func (l *Lab) isUplink(port string) bool {
 	switch {
+	case !l.opts.OVS && l.opts.Bond != "" && l.opts.VLAN != 0 && l.opts.Layout == VLANDevice:
+		return port == fmt.Sprintf("%s.%d", BondName, l.opts.VLAN)
 	case !l.opts.OVS && l.opts.Bond != "":
 		return port == BondName
 	case l.opts.OVS && l.opts.OVSBond != "":
@@ -128,4 +130,31 @@ func (l *Lab) isUplink(port string) bool {
 		return port == fmt.Sprintf("up0.%d", l.opts.VLAN)
 	}
 	return port == "up0"
+}
+
+// bondBridge is the bridge part of bondHost's script: bond0 in xenbr0; with
+// a VLAN, XenServer's bond0.<VLAN> in xapi1 (VLANDevice), or bond0 a trunk
+// of the vlan_filtering xenbr0.
+func (l *Lab) bondBridge(stp string) string {
+	v := l.opts.VLAN
+	switch {
+	case v != 0 && l.opts.Layout == VLANDevice:
+		return fmt.Sprintf(`ip link set %[1]s up
+		ip link add link %[1]s name %[1]s.%[2]d type vlan id %[2]d
+		ip link add %[3]s type bridge%[4]s
+		ip link set %[3]s up
+		ip link set %[1]s.%[2]d master %[3]s up`, BondName, v, VLANBridge, stp)
+	case v != 0 && l.opts.Layout == VLANFiltering:
+		s := fmt.Sprintf(`ip link add %[2]s type bridge vlan_filtering 1%[3]s
+		ip link set %[2]s up
+		ip link set %[1]s master %[2]s up
+		bridge vlan del dev %[1]s vid 1`, BondName, Bridge, stp)
+		for _, id := range append([]uint16{v}, l.opts.TrunkVLANs...) {
+			s += fmt.Sprintf("\n\t\tbridge vlan add dev %s vid %d", BondName, id)
+		}
+		return s
+	}
+	return fmt.Sprintf(`ip link add %[2]s type bridge%[3]s
+		ip link set %[2]s up
+		ip link set %[1]s master %[2]s up`, BondName, Bridge, stp)
 }

@@ -69,7 +69,7 @@ func main() {
 		}
 		fail(3, err.Error())
 	}
-	fmt.Printf("exit:     %d\n", res.Exit)
+	fmt.Printf("powered off: %v\nexit:     %d\n", res.PoweredOff, res.Exit)
 	os.Exit(res.Exit)
 }
 

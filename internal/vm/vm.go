@@ -78,6 +78,10 @@ type Result struct {
 	Exit int
 	// Boot is QEMU start to the script starting; Total is start to exit.
 	Boot, Total time.Duration
+	// PoweredOff says the machine powered itself off after the script;
+	// false when QEMU was killed haltGrace after the script's end (a
+	// machine that halted instead, or did not get there in time).
+	PoweredOff bool
 }
 
 // Run failures a caller may act on. A guest crash under Xen (the emulator's
@@ -132,6 +136,10 @@ const (
 	markStart = "VM-SCRIPT-START"
 	markExit  = "VM-SCRIPT-EXIT"
 )
+
+// haltGrace is how long a machine may take from the script's end to power
+// off: systemd stopping under TCG on a loaded host takes seconds.
+const haltGrace = 30 * time.Second
 
 const shares = "trans=virtio,version=9p2000.L,msize=512000"
 
@@ -525,6 +533,7 @@ func boot(ctx context.Context, o Options, args []string, res *Result) error {
 					}
 				}
 			}
+			res.PoweredOff = true
 			return finish(res, err)
 		case <-ctx.Done():
 			return fail(ErrTimeout, fmt.Sprintf("vm %s did not finish within %v", o.Name, o.Timeout))
@@ -545,7 +554,7 @@ func boot(ctx context.Context, o Options, args []string, res *Result) error {
 		}
 		// Powering off takes a moment; a dom0 that halts instead leaves
 		// QEMU running, which is not the script's failure.
-		if !exitSeen.IsZero() && time.Since(exitSeen) > 5*time.Second {
+		if !exitSeen.IsZero() && time.Since(exitSeen) > haltGrace {
 			kill()
 			<-exited
 			reaped = true

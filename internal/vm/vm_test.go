@@ -57,6 +57,9 @@ exit 7`,
 	if got := read("uname"); got != k.ABI {
 		t.Errorf("uname -r %q, want %q", got, k.ABI)
 	}
+	if !res.PoweredOff {
+		t.Error("systemd did not power the machine off after the script")
+	}
 	if got := read("pid1"); got != "systemd" {
 		t.Errorf("PID 1 is %q, want systemd", got)
 	}
@@ -145,6 +148,9 @@ exit 3`,
 		t.Fatal(err)
 	}
 	t.Logf("boot %v total %v", res.Boot, res.Total)
+	if !res.PoweredOff {
+		t.Error("dom0's poweroff did not end the machine")
+	}
 	if res.Exit != 3 {
 		t.Errorf("exit %d, want 3", res.Exit)
 	}

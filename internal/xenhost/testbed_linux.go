@@ -95,7 +95,7 @@ func (tb *Testbed) writeConfigs() error {
 // fallBack switches to the lean hotplug script after a vif-bridge timeout.
 func (tb *Testbed) fallBack(err error) {
 	var ce *CrashError
-	if tb.LeanHotplug || !errors.As(err, &ce) || !hotplugTimeout.MatchString(ce.Lines) {
+	if tb.LeanHotplug || !errors.As(err, &ce) || !strings.Contains(ce.Lines, "killing execution") {
 		return
 	}
 	tb.LeanHotplug = true

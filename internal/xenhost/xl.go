@@ -93,7 +93,10 @@ func (h *Host) wrap(step string, err error) error {
 	return fmt.Errorf("%s: %w", step, err)
 }
 
-var hotplugTimeout = regexp.MustCompile(`killing execution of \S+ \S+ because of timeout`)
+// hotplugTimeout matches libxl's fixed device timeouts: the hotplug
+// script killed after 40 s, or netback not reaching InitWait in time (its
+// "unable to add device" after the backend-state wait).
+var hotplugTimeout = regexp.MustCompile(`killing execution of \S+ \S+ because of timeout|unable to add device with path \S+/backend/vif/\S+`)
 
 // Create runs `xl create cfg` (deadline d) and returns the domain's id.
 func (h *Host) Create(ctx context.Context, cfg string, d time.Duration) (int, error) {

@@ -40,13 +40,23 @@ func TestXen(t *testing.T) {
 	start := time.Now()
 	vm.RunTests(t, vm.Options{
 		Name: "xen", Xen: true, MemMB: 2048, CPUs: 2, Dom0MB: 1024,
-		Env:     map[string]string{EnvVmlinuz: k.Vmlinuz},
+		Env:     map[string]string{EnvVmlinuz: k.Vmlinuz, xenhost.EnvLeanHotplug: os.Getenv(xenhost.EnvLeanHotplug)},
 		Timeout: 40 * time.Minute,
 		// A guest the emulator kills on resume is redone inside dom0; it
 		// must not end the boot.
 		GuestCrashOK: true,
-	}, "^TestInXen")
+	}, pattern())
 	t.Logf("xen package wall time: %v", time.Since(start).Round(time.Second))
+}
+
+// pattern is the inner tests to run: all of them, or
+// SELFANNOUNCE_XEN_RUN (e.g. "^TestInXen$/^NoAgentMigration$") to redo one
+// scenario by hand.
+func pattern() string {
+	if p := os.Getenv("SELFANNOUNCE_XEN_RUN"); p != "" {
+		return p
+	}
+	return "^TestInXen"
 }
 
 // host is the Xen testbed the inner tests share.

@@ -204,8 +204,11 @@ func cfgName(cfg string) (string, error) {
 // ends it at once, so a product failure is never retried away. It returns
 // how many redos it took and fn's last error.
 func (h *Host) Redo(maxRedos int, fn func(attempt int) error) (int, error) {
+	return h.redo(maxRedos, func(attempt int) error { h.Mark(); return fn(attempt) })
+}
+
+func (h *Host) redo(maxRedos int, fn func(attempt int) error) (int, error) {
 	for redo := 0; ; redo++ {
-		h.Mark()
 		err := fn(redo)
 		var ce *CrashError
 		if err == nil || !errors.As(err, &ce) || redo == maxRedos {

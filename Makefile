@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X github.com/selfannounce/selfannounce/internal/cli.Version=$(
 export CGO_ENABLED ?= 0
 .DEFAULT_GOAL := build
 
-.PHONY: all build deps deps-lab lab test unit race vet fmt-check fuzz bench clean
+.PHONY: all build deps deps-lab deps-vm lab test unit race vet fmt-check fuzz bench clean
 
 # Debian packages the lab and the tests run on. Installed only when missing.
 LAB_PKGS  := iproute2 iputils-ping $(if $(findstring --ovs,$(LAB_FLAGS)),openvswitch-switch)
@@ -29,26 +29,42 @@ deps-lab:
 deps:
 	$(call apt_install,$(TEST_PKGS))
 
+# The kernel VM tests (internal/vm, e2e/kernel) boot Debian's own kernel and
+# Xen under QEMU. The kernel .deb is only downloaded, never installed: the
+# tests unpack it. Its ABI is whatever linux-image-amd64 points at today.
+VM_DEB_DIR := /var/cache/selfannounce/debs
+VM_PKGS    := qemu-system-x86 busybox-static kmod dpkg xen-hypervisor-4.17-amd64 xen-utils-4.17
+deps-vm:
+	$(call apt_install,$(VM_PKGS))
+	@abi=$$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: linux-image-\([0-9].*-amd64\)$$/\1/p' | head -n1); \
+	if [ -z "$$abi" ]; then echo "deps-vm: apt-cache depends linux-image-amd64 names no kernel"; exit 1; fi; \
+	if ! ls $(VM_DEB_DIR)/linux-image-$${abi}_*_amd64.deb >/dev/null 2>&1; then \
+		mkdir -p $(VM_DEB_DIR) && cd $(VM_DEB_DIR) && apt-get download -q linux-image-$$abi; \
+	fi
+
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/announce ./cmd/announce
 	$(GO) build -trimpath -o $(BIN)/selfannounce-lab ./cmd/selfannounce-lab
+	$(GO) build -trimpath -o $(BIN)/selfannounce-vm ./cmd/selfannounce-vm
 
 # The main job: a silent VM migrates between two hosts in network
 # namespaces, without and with selfannounce.
 # LAB_FLAGS=--ovs runs the same migration between Open vSwitch hosts.
-lab: deps-lab build
+# LAB_FLAGS=--xen boots real Xen under QEMU and migrates a real PVH guest.
+lab: deps-lab $(if $(findstring --xen,$(LAB_FLAGS)),deps-vm) build
 	$(BIN)/selfannounce-lab --announce $(BIN)/announce $(LAB_FLAGS)
 
 # Every test. End-to-end tests need root; SELFANNOUNCE_E2E=require (CI) makes
 # a skipped one fail.
-# The package tests inspect and install the .deb and .rpm built first.
+# The package tests inspect and install the .deb and .rpm built first;
+# e2e/systemd installs them in a VM booted with systemd as init.
 # The end-to-end packages run one at a time: their loss and latency bounds
 # are about the agent, not about sharing two cores with a QEMU under TCG.
-test: deps build packages
+test: deps deps-vm build packages
 	SELFANNOUNCE_PACKAGES=$(PKG_DIST) $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v /e2e/)
-	$(GO) test -count=1 -p 1 -timeout 40m ./e2e/...
+	SELFANNOUNCE_PACKAGES=$(PKG_DIST) $(GO) test -count=1 -p 1 -timeout 40m ./e2e/...
 
 unit:
 	$(GO) test -count=1 -short ./...

@@ -9,8 +9,28 @@ import (
 )
 
 type checker struct {
-	h *Host
-	o *Options
+	h       *Host
+	o       *Options
+	skipped []Skipped
+}
+
+// skip records that check id could not look at object, and why.
+func (c *checker) skip(id, object, reason string) {
+	c.skipped = append(c.skipped, Skipped{ID: id, Object: object, Reason: reason})
+}
+
+// port returns a VM bridge's port, or records under check id that a
+// partial copy of /sys lacks it.
+func (c *checker) port(id string, br *Link, name string) *Link {
+	l := c.h.Links[name]
+	if l == nil {
+		why := "not in /sys/class/net"
+		if w, ok := c.h.Unread["sys/class/net/"+name]; ok {
+			why = "/sys/class/net/" + name + ": " + w
+		}
+		c.skip(id, br.Name+"/"+name, "port listed in the bridge's brif/ but "+why)
+	}
+	return l
 }
 
 func (c *checker) isVMPort(name string) bool {
@@ -86,6 +106,10 @@ func (c *checker) stpForwardDelay() []Finding {
 	var out []Finding
 	for _, br := range c.vmBridges() {
 		b := br.Bridge
+		if why, ok := br.unread("bridge/stp_state", "bridge/forward_delay"); ok {
+			c.skip(CheckSTPForwardDelay, br.Name, why)
+			continue
+		}
 		if b.STPState == 0 || b.ForwardDelay <= 0 {
 			continue
 		}
@@ -96,7 +120,7 @@ func (c *checker) stpForwardDelay() []Finding {
 		vm, _ := c.vmPorts(br)
 		var held []string
 		for _, p := range vm {
-			if l := c.h.Links[p]; l != nil && l.Port != nil && (l.Port.State == 1 || l.Port.State == 2) {
+			if l := c.h.Links[p]; l != nil && l.Port != nil && l.Unread["brport/state"] == "" && (l.Port.State == 1 || l.Port.State == 2) {
 				held = append(held, p)
 			}
 		}
@@ -142,6 +166,10 @@ func (c *checker) bridgeOnUnsafeBond() []Finding {
 		_, uplinks := c.vmPorts(br)
 		for _, up := range uplinks {
 			for _, bond := range c.bondsBelow(up) {
+				if why, ok := bond.unread("bonding/mode"); ok {
+					c.skip(CheckBridgeOnUnsafeBond, br.Name+"/"+bond.Name, why)
+					continue
+				}
 				risk, bad := bondModeRisk[bond.Bond.Mode]
 				if !bad {
 					continue
@@ -170,7 +198,14 @@ func (c *checker) jumboManagementBond() []Finding {
 		mgmt, source = c.h.DefaultRoute, "default route"
 	}
 	l := c.h.Links[mgmt]
+	if mgmt == "" {
+		if why, ok := c.h.Unread["proc/net/route"]; ok {
+			c.skip(CheckJumboManagementBond, "", "no management interface in /etc/xensource-inventory and no /proc/net/route: "+why)
+		}
+		return nil
+	}
 	if l == nil {
+		c.skip(CheckJumboManagementBond, mgmt, "management interface "+mgmt+" (from "+source+") not in /sys/class/net")
 		return nil
 	}
 	// Only XenServer's failure is known; elsewhere it is a risk, not an outage.
@@ -180,13 +215,21 @@ func (c *checker) jumboManagementBond() []Finding {
 	}
 	var out []Finding
 	for _, bond := range c.bondsBelow(mgmt) {
-		mtu := max(l.MTU, bond.MTU)
-		if mtu <= 1500 {
-			continue
-		}
 		obj := mgmt
 		if bond.Name != mgmt {
 			obj = mgmt + "/" + bond.Name
+		}
+		if why, ok := l.unread("mtu"); ok {
+			c.skip(CheckJumboManagementBond, obj, why)
+			continue
+		}
+		if why, ok := bond.unread("mtu"); ok {
+			c.skip(CheckJumboManagementBond, obj, why)
+			continue
+		}
+		mtu := max(l.MTU, bond.MTU)
+		if mtu <= 1500 {
+			continue
 		}
 		out = append(out, Finding{
 			ID: CheckJumboManagementBond, Object: obj, Severity: sev,
@@ -203,8 +246,19 @@ func (c *checker) vifMTUMismatch() []Finding {
 	for _, br := range c.vmBridges() {
 		vm, _ := c.vmPorts(br)
 		for _, p := range vm {
-			l := c.h.Links[p]
-			if l == nil || l.MTU == br.MTU {
+			l := c.port(CheckVIFMTUMismatch, br, p)
+			if l == nil {
+				continue
+			}
+			why, ok := br.unread("mtu")
+			if !ok {
+				why, ok = l.unread("mtu")
+			}
+			if ok {
+				c.skip(CheckVIFMTUMismatch, br.Name+"/"+p, why)
+				continue
+			}
+			if l.MTU == br.MTU {
 				continue
 			}
 			f := Finding{ID: CheckVIFMTUMismatch, Object: br.Name + "/" + p,
@@ -228,6 +282,10 @@ func (c *checker) fdbAgeing() []Finding {
 	var out []Finding
 	sw := c.o.SwitchAgeing
 	for _, br := range c.vmBridges() {
+		if why, ok := br.unread("bridge/ageing_time"); ok {
+			c.skip(CheckFDBAgeing, br.Name, why)
+			continue
+		}
 		age := time.Duration(br.Bridge.AgeingTime) * 10 * time.Millisecond
 		f := Finding{ID: CheckFDBAgeing, Object: br.Name, Severity: Warning,
 			Fix: fmt.Sprintf("set ageing_time near the switches' %s: ip link set %s type bridge ageing_time %d (centiseconds)", sw, br.Name, sw.Milliseconds()/10),
@@ -254,12 +312,20 @@ func (c *checker) mldSnooping() []Finding {
 	var out []Finding
 	for _, br := range c.vmBridges() {
 		b := br.Bridge
+		if why, ok := br.unread("bridge/multicast_snooping", "bridge/multicast_querier"); ok {
+			c.skip(CheckMLDSnooping, br.Name, why)
+			continue
+		}
 		if b.MulticastSnooping == 0 || b.MulticastQuerier == 0 {
 			continue
 		}
+		interval := secs(b.MulticastQueryInterval)
+		if _, ok := br.unread("bridge/multicast_query_interval"); ok {
+			interval = "unknown"
+		}
 		out = append(out, Finding{
 			ID: CheckMLDSnooping, Object: br.Name, Severity: Warning,
-			Breaks: fmt.Sprintf("IPv6 reachability of a VM just arrived on %s: neighbour solicitations for its addresses go to solicited-node multicast groups, which %s forwards only to ports that sent an MLD report; the guest reported on the old host and reports again only when queried, up to a query interval (%s) later", br.Name, br.Name, secs(b.MulticastQueryInterval)),
+			Breaks: fmt.Sprintf("IPv6 reachability of a VM just arrived on %s: neighbour solicitations for its addresses go to solicited-node multicast groups, which %s forwards only to ports that sent an MLD report; the guest reported on the old host and reports again only when queried, up to a query interval (%s) later", br.Name, br.Name, interval),
 			Fix:    fmt.Sprintf("turn snooping off on the VM bridge (ip link set %s type bridge mcast_snooping 0), or its querier (mcast_querier 0) if no other querier is on the segment", br.Name),
 			Detail: fmt.Sprintf("multicast_snooping=%d and multicast_querier=%d: with a querier present the bridge filters multicast by its MDB instead of flooding it", b.MulticastSnooping, b.MulticastQuerier),
 		})
@@ -272,8 +338,15 @@ func (c *checker) vifLearningOff() []Finding {
 	for _, br := range c.vmBridges() {
 		vm, _ := c.vmPorts(br)
 		for _, p := range vm {
-			l := c.h.Links[p]
-			if l == nil || l.Port == nil || l.Port.Learning != 0 {
+			l := c.port(CheckVIFLearningOff, br, p)
+			if l == nil || l.Port == nil {
+				continue
+			}
+			if why, ok := l.unread("brport/learning"); ok {
+				c.skip(CheckVIFLearningOff, br.Name+"/"+p, why)
+				continue
+			}
+			if l.Port.Learning != 0 {
 				continue
 			}
 			out = append(out, Finding{
@@ -292,6 +365,10 @@ func (c *checker) nonLACPMembers() map[string]*Link {
 	m := map[string]*Link{}
 	for _, l := range c.h.sortedLinks() {
 		if l.Bond == nil || l.Bond.Mode == "802.3ad" {
+			continue
+		}
+		if why, ok := l.unread("bonding/mode"); ok {
+			c.skip(CheckLACPMismatch, l.Name, why)
 			continue
 		}
 		for _, s := range l.Bond.Members {

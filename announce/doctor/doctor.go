@@ -67,7 +67,10 @@ type Finding struct {
 // Skipped records a check that did not run and why, so "no findings" is
 // never mistaken for "checked and clean".
 type Skipped struct {
-	ID     string `json:"id"`
+	ID string `json:"id"`
+	// Object is the bridge, port or bond the check could not look at; ""
+	// when the check did not run at all.
+	Object string `json:"object,omitempty"`
 	Reason string `json:"reason"`
 }
 
@@ -154,32 +157,44 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	r := &Report{Findings: []Finding{}}
 	c := &checker{h: h, o: &o}
-	r.add(c.stpForwardDelay())
-	r.add(c.bridgeOnUnsafeBond())
-	r.add(c.jumboManagementBond())
-	if o.Listener == nil {
-		r.Skipped = append(r.Skipped, Skipped{CheckLACPMismatch, "not listening for LACP frames (--no-listen, or --root reads another host's files)"})
-	} else {
-		f, err := c.lacpMismatch(ctx)
-		if err != nil {
-			// Partial results still count; the skip says why some are missing.
-			r.Skipped = append(r.Skipped, Skipped{CheckLACPMismatch, err.Error()})
-		}
-		r.add(f)
+	add := func(fs []Finding) {
+		r.Findings = append(r.Findings, fs...)
+		r.Skipped = append(r.Skipped, c.skipped...)
+		c.skipped = nil
 	}
-	r.add(c.vifMTUMismatch())
-	r.add(c.fdbAgeing())
-	r.add(c.mldSnooping())
-	r.add(c.vifLearningOff())
-	if o.MetricsURL == "" {
-		r.Skipped = append(r.Skipped, Skipped{CheckAgent, "no daemon to ask (--root without --metrics)"})
+	if why, ok := h.Unread["sys/class/net"]; ok {
+		// A copy of /proc without /sys: nothing to look at but the daemon.
+		for _, id := range Checks {
+			if id != CheckAgent {
+				r.Skipped = append(r.Skipped, Skipped{ID: id, Reason: "no /sys/class/net: " + why})
+			}
+		}
 	} else {
-		r.add(checkAgent(ctx, o.HTTPClient, o.MetricsURL, o.Now()))
+		add(c.stpForwardDelay())
+		add(c.bridgeOnUnsafeBond())
+		add(c.jumboManagementBond())
+		if o.Listener == nil {
+			r.Skipped = append(r.Skipped, Skipped{ID: CheckLACPMismatch, Reason: "not listening for LACP frames (--no-listen, or --root reads another host's files)"})
+		} else {
+			f, err := c.lacpMismatch(ctx)
+			add(f)
+			if err != nil {
+				// Partial results still count; the skip says why some are missing.
+				r.Skipped = append(r.Skipped, Skipped{ID: CheckLACPMismatch, Reason: err.Error()})
+			}
+		}
+		add(c.vifMTUMismatch())
+		add(c.fdbAgeing())
+		add(c.mldSnooping())
+		add(c.vifLearningOff())
+	}
+	if o.MetricsURL == "" {
+		r.Skipped = append(r.Skipped, Skipped{ID: CheckAgent, Reason: "no daemon to ask (--root without --metrics)"})
+	} else {
+		add(checkAgent(ctx, o.HTTPClient, o.MetricsURL, o.Now()))
 	}
 	return r, nil
 }
-
-func (r *Report) add(fs []Finding) { r.Findings = append(r.Findings, fs...) }
 
 // ExitCode is 0 with no findings, 1 with warnings only, 2 with any error.
 func (r *Report) ExitCode() int {
@@ -246,7 +261,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "%s (see docs/troubleshooting.md).\n", r.Summary())
 	}
 	for _, s := range r.Skipped {
-		if _, err := fmt.Fprintf(w, "skipped %s: %s\n", s.ID, s.Reason); err != nil {
+		obj := ""
+		if s.Object != "" {
+			obj = " " + s.Object
+		}
+		if _, err := fmt.Fprintf(w, "skipped %s%s: %s\n", s.ID, obj, s.Reason); err != nil {
 			return err
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +14,11 @@ import (
 
 // Host is what the doctor knows about a host's network setup, read from
 // /sys, /proc and /etc under a root so fixture trees stand in for real hosts.
+//
+// Reading never fails on a missing or unreadable attribute: dom0s run
+// kernels from 2.6.32 on, which lack files newer ones have, and --root may
+// be handed a partial copy. What could not be read is recorded in Unread,
+// and the checks that need it skip that object and say why.
 type Host struct {
 	Links map[string]*Link
 	// DefaultRoute is the interface of the lowest-metric IPv4 default route.
@@ -20,6 +26,9 @@ type Host struct {
 	// Inventory holds /etc/xensource-inventory's KEY='value' pairs; nil when
 	// the file does not exist, which is how a XenServer host is told apart.
 	Inventory map[string]string
+	// Unread maps host-wide files ("proc/net/route") and listed links
+	// ("sys/class/net/NAME") that could not be read to the reason.
+	Unread map[string]string
 }
 
 // Link is one /sys/class/net entry.
@@ -35,6 +44,9 @@ type Link struct {
 	Bridge *Bridge
 	Port   *BridgePort
 	Bond   *Bond
+	// Unread maps attributes (paths under the link's sysfs directory, such
+	// as "brport/learning") that could not be read to the reason.
+	Unread map[string]string
 }
 
 // Bridge holds the bridge/ attributes the checks use. Times are in
@@ -56,57 +68,155 @@ type BridgePort struct {
 	State    int
 }
 
-// Bond holds a bond's mode (the kernel's name, e.g. "active-backup") and members.
+// Bond holds a bond's mode (the kernel's name, e.g. "active-backup", or ""
+// when neither sysfs nor /proc/net/bonding says) and members.
 type Bond struct {
 	Mode    string
 	Members []string
 }
 
+// unread returns why the first of attrs could not be read, if any did not.
+func (l *Link) unread(attrs ...string) (string, bool) {
+	for _, a := range attrs {
+		if why, ok := l.Unread[a]; ok {
+			return fmt.Sprintf("no /sys/class/net/%s/%s (%s)", l.Name, a, why), true
+		}
+	}
+	return "", false
+}
+
+// attrHints say why a kernel lacks an attribute, for the skip reasons.
+var attrHints = map[string]string{
+	"brport/learning":                 "kernels before 3.11 have no per-port learning switch",
+	"bridge/multicast_snooping":       "kernel without IGMP/MLD snooping",
+	"bridge/multicast_querier":        "kernel without IGMP/MLD snooping, or before 3.5",
+	"bridge/multicast_query_interval": "kernel without IGMP/MLD snooping",
+}
+
+// reader reads one link's attributes, recording what it cannot read.
+type reader struct {
+	fsys fs.FS
+	dir  string
+	l    *Link
+}
+
+func (r *reader) miss(attr string, err error) {
+	why := "missing"
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if h, ok := attrHints[attr]; ok {
+			why = "missing: " + h
+		}
+	case err != nil:
+		why = err.Error()
+	}
+	if r.l.Unread == nil {
+		r.l.Unread = map[string]string{}
+	}
+	r.l.Unread[attr] = why
+}
+
+func (r *reader) int(attr string) int {
+	n, err := readInt(r.fsys, path.Join(r.dir, attr))
+	if err != nil {
+		r.miss(attr, err)
+	}
+	return n
+}
+
 // ReadHost reads the host model from fsys, which is rooted where / would be.
+// It fails only when fsys holds neither sys/class/net nor proc/net: then it
+// is no copy of a host at all.
 func ReadHost(fsys fs.FS) (*Host, error) {
 	const classNet = "sys/class/net"
+	h := &Host{Links: map[string]*Link{}, Unread: map[string]string{}}
 	ents, err := fs.ReadDir(fsys, classNet)
 	if err != nil {
-		return nil, fmt.Errorf("cannot list network devices: %w", err)
+		if !isDir(fsys, "proc/net") {
+			return nil, fmt.Errorf("cannot list network devices: no readable /%s or /proc/net: %w", classNet, err)
+		}
+		h.Unread[classNet] = err.Error()
 	}
-	h := &Host{Links: map[string]*Link{}}
+	bondNames := map[string]bool{}
+	if s, err := readString(fsys, path.Join(classNet, "bonding_masters")); err == nil {
+		for _, n := range strings.Fields(s) {
+			bondNames[n] = true
+		}
+	}
 	for _, e := range ents {
 		dir := path.Join(classNet, e.Name())
 		// Entries are symlinks into /sys/devices; Stat follows them. Plain
-		// files such as bonding_masters are not devices.
-		if st, err := fs.Stat(fsys, dir); err != nil || !st.IsDir() {
+		// files such as bonding_masters are not devices, but a symlink that
+		// leads nowhere is a device a partial copy lost.
+		st, err := fs.Stat(fsys, dir)
+		if err != nil {
+			if e.Type()&fs.ModeSymlink != 0 {
+				h.Unread[dir] = err.Error()
+			}
 			continue
 		}
-		l, err := readLink(fsys, dir, e.Name())
+		if !st.IsDir() {
+			continue
+		}
+		l, err := readLink(fsys, dir, e.Name(), bondNames[e.Name()])
 		if err != nil {
-			return nil, err
+			h.Unread[dir] = err.Error()
+			continue
 		}
 		h.Links[l.Name] = l
 	}
+	linkUpperLower(h)
 	h.DefaultRoute, err = readDefaultRoute(fsys)
 	if err != nil {
-		return nil, err
+		h.Unread["proc/net/route"] = err.Error()
 	}
 	h.Inventory, err = readInventory(fsys)
 	if err != nil {
-		return nil, err
+		h.Unread["etc/xensource-inventory"] = err.Error()
 	}
 	return h, nil
 }
 
-func readLink(fsys fs.FS, dir, name string) (*Link, error) {
+// linkUpperLower fills in what kernels without lower_* links (before 3.x)
+// and bonds whose member list could not be read leave out: a bridge's ports
+// and a bond's members are the links naming it as master.
+func linkUpperLower(h *Host) {
+	for _, l := range h.sortedLinks() {
+		m := h.Links[l.Master]
+		if m == nil {
+			continue
+		}
+		if !slices.Contains(m.Lowers, l.Name) {
+			m.Lowers = append(m.Lowers, l.Name)
+			sort.Strings(m.Lowers)
+		}
+		if m.Bridge != nil && l.Port != nil && !slices.Contains(m.Bridge.Ports, l.Name) {
+			m.Bridge.Ports = append(m.Bridge.Ports, l.Name)
+			sort.Strings(m.Bridge.Ports)
+		}
+		if m.Bond != nil && l.Port == nil && !slices.Contains(m.Bond.Members, l.Name) {
+			if _, noList := m.Unread["bonding/slaves"]; noList {
+				m.Bond.Members = append(m.Bond.Members, l.Name)
+				sort.Strings(m.Bond.Members)
+			}
+		}
+	}
+}
+
+func readLink(fsys fs.FS, dir, name string, listedBond bool) (*Link, error) {
 	l := &Link{Name: name}
-	var err error
-	if l.MTU, err = readInt(fsys, path.Join(dir, "mtu")); err != nil {
-		return nil, err
-	}
-	l.Operstate, _ = readString(fsys, path.Join(dir, "operstate"))
-	if target, err := fs.ReadLink(fsys, path.Join(dir, "master")); err == nil {
-		l.Master = path.Base(target)
-	}
+	r := &reader{fsys: fsys, dir: dir, l: l}
 	ents, err := fs.ReadDir(fsys, dir)
 	if err != nil {
 		return nil, err
+	}
+	l.MTU = r.int("mtu")
+	l.Operstate, _ = readString(fsys, path.Join(dir, "operstate"))
+	if target, err := fs.ReadLink(fsys, path.Join(dir, "master")); err == nil {
+		l.Master = path.Base(target)
+	} else if target, err := fs.ReadLink(fsys, path.Join(dir, "brport", "bridge")); err == nil {
+		// Kernels before 3.9 have no master link on bridge ports.
+		l.Master = path.Base(target)
 	}
 	lowers := map[string]bool{}
 	for _, e := range ents {
@@ -114,26 +224,19 @@ func readLink(fsys fs.FS, dir, name string) (*Link, error) {
 			lowers[n] = true
 		}
 	}
-	if isDir(fsys, path.Join(dir, "bridge")) {
-		b := &Bridge{}
-		for _, f := range []struct {
-			name string
-			dst  *int
-		}{
-			{"stp_state", &b.STPState},
-			{"forward_delay", &b.ForwardDelay},
-			{"ageing_time", &b.AgeingTime},
-			{"multicast_snooping", &b.MulticastSnooping},
-			{"multicast_querier", &b.MulticastQuerier},
-			{"multicast_query_interval", &b.MulticastQueryInterval},
-		} {
-			if *f.dst, err = readInt(fsys, path.Join(dir, "bridge", f.name)); err != nil {
-				return nil, err
-			}
+	if isDir(fsys, path.Join(dir, "bridge")) || isDir(fsys, path.Join(dir, "brif")) {
+		b := &Bridge{
+			STPState:               r.int("bridge/stp_state"),
+			ForwardDelay:           r.int("bridge/forward_delay"),
+			AgeingTime:             r.int("bridge/ageing_time"),
+			MulticastSnooping:      r.int("bridge/multicast_snooping"),
+			MulticastQuerier:       r.int("bridge/multicast_querier"),
+			MulticastQueryInterval: r.int("bridge/multicast_query_interval"),
 		}
 		ports, err := fs.ReadDir(fsys, path.Join(dir, "brif"))
 		if err != nil {
-			return nil, fmt.Errorf("bridge %s: %w", name, err)
+			// The ports' own master links stand in (linkUpperLower).
+			r.miss("brif", err)
 		}
 		for _, p := range ports {
 			b.Ports = append(b.Ports, p.Name())
@@ -142,31 +245,9 @@ func readLink(fsys fs.FS, dir, name string) (*Link, error) {
 		l.Bridge = b
 	}
 	if isDir(fsys, path.Join(dir, "brport")) {
-		p := &BridgePort{}
-		if p.Learning, err = readInt(fsys, path.Join(dir, "brport", "learning")); err != nil {
-			return nil, err
-		}
-		if p.State, err = readInt(fsys, path.Join(dir, "brport", "state")); err != nil {
-			return nil, err
-		}
-		l.Port = p
+		l.Port = &BridgePort{Learning: r.int("brport/learning"), State: r.int("brport/state")}
 	}
-	if isDir(fsys, path.Join(dir, "bonding")) {
-		mode, err := readString(fsys, path.Join(dir, "bonding", "mode"))
-		if err != nil {
-			return nil, err
-		}
-		slaves, err := readString(fsys, path.Join(dir, "bonding", "slaves"))
-		if err != nil {
-			return nil, err
-		}
-		// "balance-rr 0": the name, then the number.
-		l.Bond = &Bond{Mode: strings.Fields(mode + " ?")[0], Members: strings.Fields(slaves)}
-	} else if b, err := readProcBond(fsys, name); err == nil {
-		l.Bond = b
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
+	l.Bond = readBond(fsys, r, listedBond)
 	if l.Bond != nil {
 		for _, m := range l.Bond.Members {
 			lowers[m] = true
@@ -180,6 +261,51 @@ func readLink(fsys fs.FS, dir, name string) (*Link, error) {
 		sort.Strings(l.Bridge.Ports)
 	}
 	return l, nil
+}
+
+// readBond reads a bond from sysfs bonding/, falling back to
+// /proc/net/bonding for whatever sysfs lacks. A link is a bond when either
+// has it, when bonding_masters lists it, or when its uevent says so; a bond
+// whose mode neither file gives has Mode "" and bonding/mode in Unread.
+func readBond(fsys fs.FS, r *reader, listed bool) *Bond {
+	name := r.l.Name
+	inSys := isDir(fsys, path.Join(r.dir, "bonding"))
+	proc, procErr := readProcBond(fsys, name)
+	inProc := procErr == nil || !errors.Is(procErr, fs.ErrNotExist)
+	if !inSys && !inProc && !listed && !ueventBond(fsys, r.dir) {
+		return nil
+	}
+	b := &Bond{}
+	mode, modeErr := readString(fsys, path.Join(r.dir, "bonding", "mode"))
+	slaves, slavesErr := readString(fsys, path.Join(r.dir, "bonding", "slaves"))
+	switch {
+	case modeErr == nil && mode != "":
+		// "balance-rr 0": the name, then the number.
+		b.Mode = strings.Fields(mode)[0]
+	case procErr == nil:
+		b.Mode = proc.Mode
+	default:
+		why := modeErr
+		if modeErr == nil {
+			why = errors.New("empty")
+		}
+		r.miss("bonding/mode", fmt.Errorf("%v; /proc/net/bonding/%s: %v", why, name, procErr))
+	}
+	switch {
+	case slavesErr == nil:
+		b.Members = strings.Fields(slaves)
+	case procErr == nil:
+		b.Members = proc.Members
+	default:
+		// Members' master links stand in (linkUpperLower).
+		r.miss("bonding/slaves", slavesErr)
+	}
+	return b
+}
+
+func ueventBond(fsys fs.FS, dir string) bool {
+	s, err := readString(fsys, path.Join(dir, "uevent"))
+	return err == nil && slices.Contains(strings.Fields(s), "DEVTYPE=bond")
 }
 
 // procBondModes maps /proc/net/bonding's "Bonding Mode:" text to the mode
@@ -237,9 +363,6 @@ func parseProcBond(text string) (*Bond, error) {
 // /proc/net/route, whose columns are hex in host byte order.
 func readDefaultRoute(fsys fs.FS) (string, error) {
 	data, err := fs.ReadFile(fsys, "proc/net/route")
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
 	if err != nil {
 		return "", err
 	}

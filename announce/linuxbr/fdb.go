@@ -155,11 +155,30 @@ func checkRepair(p *Path, mac net.HardwareAddr) error {
 	return nil
 }
 
+// repairFDB repairs the entry of every VLAN the guest sends on: the PVID
+// (or no VLAN) and a trunk port's tagged VLANs.
 func repairFDB(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr) (bool, error) {
-	var vid uint16
-	if p.VLANFiltering {
-		vid = p.VLAN
+	var vids []uint16
+	if !p.VLANFiltering {
+		vids = append(vids, 0)
+	} else if len(p.Uplinks) > 0 {
+		vids = append(vids, p.VLAN)
 	}
+	for _, t := range p.Tagged {
+		vids = append(vids, t.VLAN)
+	}
+	changed := false
+	for _, vid := range vids {
+		c, err := repairVLAN(ctx, ops, p, mac, vid)
+		changed = changed || c
+		if err != nil {
+			return changed, err
+		}
+	}
+	return changed, nil
+}
+
+func repairVLAN(ctx context.Context, ops fdbOps, p *Path, mac net.HardwareAddr, vid uint16) (bool, error) {
 	e, found, err := ops.lookup(p.Bridge.Index, mac, vid)
 	if err != nil {
 		return false, fmt.Errorf("bridge %q: looking up FDB entry %s vlan %d: %v", p.Bridge.Name, mac, vid, err)
@@ -225,21 +244,31 @@ func siblingPorts(a, b string) bool {
 	return a != b && strings.HasPrefix(na, "vif") && na == nb
 }
 
-// isUplink reports whether ifindex is one of the bridge's uplinks on the
-// path's VLAN, forwarding or not: an entry learned there while the guest
-// lived elsewhere is exactly what the repair exists for.
-func (p *Path) isUplink(ifindex int) bool {
+// isUplink reports whether ifindex is one of the bridge's uplinks, on the
+// PVID or a trunk's tagged VLAN, forwarding or not: an entry learned there
+// while the guest lived elsewhere is exactly what the repair exists for.
+func (p *Path) isUplink(ifindex int) bool { return p.uplinkName(ifindex) != "" }
+
+// uplinkName names the uplink with ifindex, "" when none of the path's is.
+func (p *Path) uplinkName(ifindex int) string {
 	for _, u := range p.Uplinks {
 		if u.Index == ifindex {
-			return true
+			return u.Name
 		}
 	}
 	for _, u := range p.Unusable {
 		if u.Index == ifindex {
-			return true
+			return u.Name
 		}
 	}
-	return false
+	for _, t := range p.Tagged {
+		for _, u := range t.Uplinks {
+			if u.Index == ifindex {
+				return u.Name
+			}
+		}
+	}
+	return ""
 }
 
 // localOwner names the port a local entry sits on, when the path knows it;
@@ -248,17 +277,7 @@ func localOwner(p *Path, ifindex int) string {
 	if ifindex == p.Port.Index {
 		return p.Port.Name
 	}
-	for _, u := range p.Uplinks {
-		if u.Index == ifindex {
-			return u.Name
-		}
-	}
-	for _, u := range p.Unusable {
-		if u.Index == ifindex {
-			return u.Name
-		}
-	}
-	return ""
+	return p.uplinkName(ifindex)
 }
 
 // portName names the port an entry points at, for the refusal message.

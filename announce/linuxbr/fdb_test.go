@@ -141,6 +141,32 @@ func TestRepairVLANFiltering(t *testing.T) {
 	}
 }
 
+// A trunk VM port: the entry of every VLAN the guest sends on is repaired,
+// and a pure trunk (no PVID, no untagged uplinks) has no untagged entry to
+// repair.
+func TestRepairTrunkPort(t *testing.T) {
+	m := newMemFDB(
+		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, VLAN: 10, State: nudReachable},
+		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, VLAN: 20, State: nudReachable},
+		fdbEntry{Port: 2, Master: 1, MAC: guestMAC, VLAN: 30, State: nudReachable},
+	)
+	p := path0(true, 0)
+	p.Uplinks = nil
+	p.Tagged = []TaggedVLAN{{VLAN: 10, Uplinks: []Uplink{{Link: Link{Name: "up0", Index: 2}, VLAN: 10}}}, {VLAN: 20}}
+	changed, err := repairFDB(context.Background(), m, p, guestMAC)
+	if err != nil || !changed {
+		t.Fatalf("changed=%v err=%v", changed, err)
+	}
+	want := []fdbEntry{
+		{Port: 3, Master: 1, MAC: guestMAC, VLAN: 10, State: nudReachable},
+		{Port: 3, Master: 1, MAC: guestMAC, VLAN: 20, State: nudReachable},
+		{Port: 2, Master: 1, MAC: guestMAC, VLAN: 30, State: nudReachable}, // not the port's VLAN
+	}
+	if got := m.sorted(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("FDB now %+v\nwant %+v", got, want)
+	}
+}
+
 // Without VLAN filtering the bridge forwards by the entry on no VLAN; one
 // left on a VLAN from when it filtered is never looked up, and stays.
 func TestRepairWithoutFilteringUsesNoVLAN(t *testing.T) {

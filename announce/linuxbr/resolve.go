@@ -28,13 +28,27 @@ type Path struct {
 	VLANFiltering bool
 	// Uplinks are where announcements are written: the bridge's uplinks on
 	// the VM port's VLAN that have carrier and forward. Neither the bridge
-	// nor the VM port is ever among them.
+	// nor the VM port is ever among them. Empty for a trunk VM port without
+	// a PVID, whose guest sends nothing untagged.
 	Uplinks []Uplink
-	// Unusable are the other uplinks on that VLAN, down or not forwarding
+	// Tagged are the VLANs a VM port of a VLAN-filtering bridge carries
+	// tagged besides its PVID (a trunk into the guest, whose VLAN
+	// subinterfaces share its MAC), each with the uplinks that carry it;
+	// VLANs no uplink carries are left out. At most MaxTaggedVLANs.
+	Tagged []TaggedVLAN
+	// TaggedOmitted counts the port's tagged VLANs beyond MaxTaggedVLANs.
+	TaggedOmitted int
+	// Unusable are the other uplinks on the PVID, down or not forwarding
 	// (STP blocking, listening, learning): a frame written on one would
 	// teach the switch behind it a path the bridge does not use. The FDB
 	// repair still counts them as uplinks.
 	Unusable []UnusableUplink
+}
+
+// TaggedVLAN is one VLAN a trunk VM port carries tagged.
+type TaggedVLAN struct {
+	VLAN    uint16
+	Uplinks []Uplink
 }
 
 // UnusableUplink is an uplink left out of a Path, and why.
@@ -42,6 +56,10 @@ type UnusableUplink struct {
 	Uplink
 	Why string // "no carrier", "STP blocking", ...
 }
+
+// MaxTaggedVLANs bounds the VLANs announced on for one trunk VM port: a
+// port carrying VLANs 2-4094 would otherwise cost 4093 frames a round.
+const MaxTaggedVLANs = 64
 
 // Resolve finds port's bridge and that bridge's uplinks: every bridge port
 // whose name matches none of vmPorts (shell globs; nil means DefaultVMPorts)
@@ -95,16 +113,23 @@ func Resolve(h Host, port string, vmPorts []string) (*Path, error) {
 		return nil, err
 	}
 	p := &Path{Port: pl, Bridge: br, VLANFiltering: filtering}
+	hasPVID := !filtering
+	var tagged []uint16
 	if filtering {
 		vlans, err := h.PortVLANs(port)
 		if err != nil {
 			return nil, err
 		}
 		pvid, ok := findPVID(vlans)
-		if !ok {
+		tagged = taggedVLANs(vlans, pvid, ok)
+		if !ok && len(tagged) == 0 {
 			return nil, ifErrf(port, ErrNoPVID, " on VLAN-filtering bridge %q: the bridge drops the guest's untagged frames", master)
 		}
-		p.VLAN = pvid
+		p.VLAN, hasPVID = pvid, ok
+		if len(tagged) > MaxTaggedVLANs {
+			p.TaggedOmitted = len(tagged) - MaxTaggedVLANs
+			tagged = tagged[:MaxTaggedVLANs]
+		}
 	}
 
 	ports, err := h.BridgePorts(master)
@@ -112,7 +137,13 @@ func Resolve(h Host, port string, vmPorts []string) (*Path, error) {
 		return nil, err
 	}
 	sort.Strings(ports)
-	var offVLAN []string
+	type candidate struct {
+		Link
+		vlans   []VLAN
+		vlanDev bool
+		why     string // why it cannot carry announcements now, "" if it can
+	}
+	var cands []candidate
 	for _, name := range ports {
 		if name == port || matchAny(vmPorts, name) {
 			continue
@@ -124,33 +155,56 @@ func Resolve(h Host, port string, vmPorts []string) (*Path, error) {
 		if err != nil {
 			return nil, err
 		}
-		u := Uplink{Link: l}
+		c := candidate{Link: l}
 		if filtering {
-			vlans, err := h.PortVLANs(name)
-			if err != nil {
+			if c.vlans, err = h.PortVLANs(name); err != nil {
 				return nil, err
 			}
-			v, ok := findVLAN(vlans, p.VLAN)
-			if !ok {
-				offVLAN = append(offVLAN, name)
+			if c.vlanDev, err = h.IsVLANDevice(name); err != nil {
+				return nil, err
+			}
+		}
+		if c.why, err = unusable(h, name); err != nil {
+			return nil, err
+		}
+		cands = append(cands, c)
+	}
+	// uplinksOn lists the candidates carrying vid, each with the tag the
+	// sender must add there; those that cannot forward now go to bad.
+	uplinksOn := func(vid uint16) (ups []Uplink, off []string, bad []UnusableUplink) {
+		for _, c := range cands {
+			u := Uplink{Link: c.Link}
+			if filtering {
+				v, ok := findVLAN(c.vlans, vid)
+				if !ok {
+					off = append(off, c.Name)
+					continue
+				}
+				if !v.Untagged && !c.vlanDev {
+					u.VLAN = vid
+				}
+			}
+			if c.why != "" {
+				bad = append(bad, UnusableUplink{Uplink: u, Why: c.why})
 				continue
 			}
-			isVLANDev, err := h.IsVLANDevice(name)
-			if err != nil {
-				return nil, err
-			}
-			if !v.Untagged && !isVLANDev {
-				u.VLAN = p.VLAN
-			}
+			ups = append(ups, u)
 		}
-		if why, err := unusable(h, name); err != nil {
-			return nil, err
-		} else if why != "" {
-			p.Unusable = append(p.Unusable, UnusableUplink{Uplink: u, Why: why})
-			continue
-		}
-		p.Uplinks = append(p.Uplinks, u)
+		return ups, off, bad
 	}
+	for _, vid := range tagged {
+		if ups, _, _ := uplinksOn(vid); len(ups) > 0 {
+			p.Tagged = append(p.Tagged, TaggedVLAN{VLAN: vid, Uplinks: ups})
+		}
+	}
+	if !hasPVID {
+		if len(p.Tagged) == 0 {
+			return nil, fmt.Errorf("bridge %q %w on any of %s's VLANs %v", master, ErrNoUplink, port, tagged)
+		}
+		return p, nil
+	}
+	var offVLAN []string
+	p.Uplinks, offVLAN, p.Unusable = uplinksOn(p.VLAN)
 	if len(p.Uplinks) == 0 {
 		if len(p.Unusable) > 0 {
 			var ws []string
@@ -200,6 +254,20 @@ func findPVID(vlans []VLAN) (uint16, bool) {
 		}
 	}
 	return 0, false
+}
+
+// taggedVLANs are the VLANs a VM port carries tagged, besides its PVID:
+// the guest sends on them tagged. A VLAN the port only sends untagged,
+// without being its PVID, takes nothing from the guest and is left out.
+func taggedVLANs(vlans []VLAN, pvid uint16, hasPVID bool) []uint16 {
+	var out []uint16
+	for _, v := range vlans {
+		if !v.Untagged && !(hasPVID && v.ID == pvid) && v.ID > 0 && v.ID < 4095 {
+			out = append(out, v.ID)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 func findVLAN(vlans []VLAN, id uint16) (VLAN, bool) {

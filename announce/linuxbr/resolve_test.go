@@ -242,3 +242,32 @@ func TestTableHostPortState(t *testing.T) {
 		t.Errorf("uplinks %+v unusable %+v, want eth0 and eth1", p.Uplinks, p.Unusable)
 	}
 }
+
+// A trunk VM port: VLANs the guest tags itself. Each VLAN gets the uplinks
+// that carry it, with the tag each needs; a pure trunk has no untagged
+// path at all. (On the wire: e2e/kernel TestInVMVlanTrunkVif.)
+func TestResolveTrunkPort(t *testing.T) {
+	h := append(vlanHost(),
+		StaticLink{Link: link("vnet3", 9), Kind: KindTun, Master: "br0",
+			VLANs: []VLAN{{ID: 20}, {ID: 10}, {ID: 30}}},
+		StaticLink{Link: link("vnet4", 10), Kind: KindTun, Master: "br0",
+			VLANs: []VLAN{{ID: 10, PVID: true, Untagged: true}, {ID: 20}}})
+	p, err := Resolve(h, "vnet3", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []TaggedVLAN{
+		{VLAN: 10, Uplinks: []Uplink{{Link: link("bond0", 2), VLAN: 10}, {Link: link("eth3", 3)}, {Link: link("eth5.7", 5)}}},
+		{VLAN: 20, Uplinks: []Uplink{{Link: link("bond0", 2), VLAN: 20}, {Link: link("eth4", 4)}}},
+	}
+	if len(p.Uplinks) != 0 || !reflect.DeepEqual(p.Tagged, want) {
+		t.Errorf("vnet3: uplinks %+v tagged %+v, want none and %+v (VLAN 30 has no uplink)", p.Uplinks, p.Tagged, want)
+	}
+	p, err = Resolve(h, "vnet4", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.VLAN != 10 || len(p.Uplinks) != 3 || len(p.Tagged) != 1 || p.Tagged[0].VLAN != 20 {
+		t.Errorf("vnet4 (PVID 10, 20 tagged): %+v", p)
+	}
+}

@@ -48,16 +48,38 @@ func (o *OVS) Plan(port string, g announce.Guest) (*Plan, error) {
 	if p.OFPort <= 0 {
 		return nil, fmt.Errorf("interface %q on Open vSwitch bridge %s has no OpenFlow port number yet (ofport %d)", port, p.Bridge, p.OFPort)
 	}
-	// Untagged, as the guest itself sends: OVS adds the port's tag on trunks.
-	fs, err := frame.Round(g, 0)
-	if err != nil {
-		return nil, err
-	}
+	native, nativeOK, tagged := portVLANs(p)
 	pl := &Plan{Port: port, Backend: "ovs", Bridge: p.Bridge, VLAN: uint16(p.Tag), Guest: g}
-	pl.Outputs = []Output{{Via: fmt.Sprintf("ofport %d actions=%s", p.OFPort, o.Action), VLAN: uint16(p.Tag)}}
 	w := &ofWriter{ports: o.Ports, pool: o.Pool, rundir: o.RunDir, name: port, action: o.Action, ofport: p.OFPort}
-	for _, f := range fs {
-		pl.Packets = append(pl.Packets, burst.Packet{W: w, Kind: f.Kind.String(), Data: f.Data})
+	via := fmt.Sprintf("ofport %d actions=%s", p.OFPort, o.Action)
+	if nativeOK {
+		// Untagged, as the guest itself sends: OVS puts it on the port's
+		// native VLAN and adds the tag where the output needs one.
+		fs, err := frame.Round(g, 0)
+		if err != nil {
+			return nil, err
+		}
+		pl.Outputs = append(pl.Outputs, Output{Via: via, VLAN: native})
+		for _, f := range fs {
+			pl.Packets = append(pl.Packets, burst.Packet{W: w, Kind: f.Kind.String(), Data: f.Data})
+		}
+	}
+	// The VLANs the port carries tagged: the guest's MAC lives there too
+	// (its VLAN subinterfaces), so each gets a RARP tagged as the guest
+	// would tag it. Only the MAC: an address cannot be tied to a VLAN, and
+	// a GARP on the wrong one would claim it where it is not the guest's.
+	for _, v := range tagged {
+		fs, err := frame.Round(announce.Guest{MAC: g.MAC, Source: g.Source}, v)
+		if err != nil {
+			return nil, err
+		}
+		pl.Outputs = append(pl.Outputs, Output{Via: via + " (tagged)", VLAN: v})
+		for _, f := range fs {
+			pl.Packets = append(pl.Packets, burst.Packet{W: w, Kind: f.Kind.String(), Data: f.Data})
+		}
+	}
+	if len(pl.Packets) == 0 {
+		return nil, fmt.Errorf("interface %q on Open vSwitch bridge %s carries no VLAN to announce on (vlan_mode %q, tag %d, trunks %v)", port, p.Bridge, p.VLANMode, p.Tag, p.Trunks)
 	}
 	// Connect now, while the guest is still being identified elsewhere, so
 	// the first frame does not wait for the OpenFlow handshake.
@@ -376,4 +398,42 @@ func (p *OFPool) Close() {
 		c.Close()
 	}
 	p.wg.Wait()
+}
+
+// portVLANs says how OVS treats frames a port receives, as its bundle
+// input check does (ofproto-dpif-xlate's input_vid_is_valid): whether an
+// untagged frame is accepted (nativeOK) and on which VLAN (native, 0 for
+// none), and which VLANs the port also carries tagged that a listed trunks
+// column names. An untagged frame on a trunk whose trunks exclude VLAN 0 is
+// dropped by OVS without an error to the packet-out, so it is not sent.
+func portVLANs(p ovs.Port) (native uint16, nativeOK bool, tagged []uint16) {
+	mode := p.VLANMode
+	if mode == "" {
+		mode = "trunk"
+		if p.Tag != 0 {
+			mode = "access"
+		}
+	}
+	switch mode {
+	case "trunk":
+		nativeOK = len(p.Trunks) == 0
+		for _, v := range p.Trunks {
+			if v == 0 {
+				nativeOK = true
+			} else if v > 0 && v < 4095 {
+				tagged = append(tagged, uint16(v))
+			}
+		}
+		return 0, nativeOK, tagged
+	case "native-tagged", "native-untagged":
+		for _, v := range p.Trunks {
+			if v > 0 && v < 4095 && v != p.Tag {
+				tagged = append(tagged, uint16(v))
+			}
+		}
+		return uint16(p.Tag), true, tagged
+	}
+	// access, dot1q-tunnel, and modes this code does not know: untagged,
+	// onto the port's tag.
+	return uint16(p.Tag), true, nil
 }

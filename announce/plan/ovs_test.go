@@ -2,8 +2,10 @@ package plan
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,4 +97,45 @@ func (m *mutablePorts) Lookup(name string) (ovs.Port, bool) {
 		return ovs.Port{}, false
 	}
 	return m.p, true
+}
+
+// What each VLAN mode makes OVS accept from a port, per ofproto-dpif-xlate's
+// input check; the frames of the plan follow it (the wire side is
+// e2e/kernel's TestInVMOVSTrunkNoNative, on the kernel datapath).
+func TestOVSPortVLANs(t *testing.T) {
+	for _, tc := range []struct {
+		p        ovs.Port
+		native   uint16
+		nativeOK bool
+		tagged   []uint16
+	}{
+		{ovs.Port{}, 0, true, nil},
+		{ovs.Port{Tag: 100}, 100, true, nil},
+		{ovs.Port{Trunks: []int{100, 200}}, 0, false, []uint16{100, 200}},
+		{ovs.Port{Trunks: []int{0, 100}, VLANMode: "trunk"}, 0, true, []uint16{100}},
+		{ovs.Port{Tag: 100, Trunks: []int{200}, VLANMode: "native-untagged"}, 100, true, []uint16{200}},
+		{ovs.Port{Tag: 100, Trunks: []int{100, 200}, VLANMode: "native-tagged"}, 100, true, []uint16{200}},
+		{ovs.Port{Tag: 100, VLANMode: "dot1q-tunnel"}, 100, true, nil},
+	} {
+		native, ok, tagged := portVLANs(tc.p)
+		if native != tc.native || ok != tc.nativeOK || !slices.Equal(tagged, tc.tagged) {
+			t.Errorf("%+v: native %d ok %v tagged %v, want %d %v %v", tc.p, native, ok, tagged, tc.native, tc.nativeOK, tc.tagged)
+		}
+	}
+	mac := net.HardwareAddr{0x52, 0x54, 0, 1, 2, 3}
+	g := announce.Guest{MAC: mac, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.10")}}
+	pool := NewOFPool(nil)
+	defer pool.Close()
+	o := &OVS{Ports: StaticPorts{{Bridge: "br0", Name: "vif1.0", OFPort: 4, Trunks: []int{100, 200}}}, Pool: pool, RunDir: t.TempDir()}
+	pl, err := o.Plan("vif1.0", g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range pl.Packets {
+		got = append(got, fmt.Sprintf("%s/%x%x", p.Kind, p.Data[12:14], p.Data[14:16]))
+	}
+	if want := []string{"rarp/81000064", "rarp/810000c8"}; !slices.Equal(got, want) {
+		t.Errorf("trunk 100,200 without native VLAN: frames %v, want %v", got, want)
+	}
 }

@@ -31,6 +31,8 @@ type Plan struct {
 	// with why ("STP blocking", "no carrier"), for the dry-run and logs.
 	Unused  []string
 	Packets []burst.Packet
+	// Omitted, when set, says what the plan leaves unannounced and why.
+	Omitted string
 	// Repair fixes the host's own forwarding table before the first frame;
 	// nil when the backend needs none (OVS learns from the packet-out).
 	Repair func(ctx context.Context) (changed bool, err error)
@@ -92,6 +94,23 @@ func (l *Linux) FromPath(p *linuxbr.Path, g announce.Guest) (*Plan, error) {
 			}
 		}
 	}
+	// A trunk VM port's tagged VLANs: the MAC alone (RARP), since an
+	// address cannot be tied to a VLAN, tagged as each uplink needs.
+	for _, tv := range p.Tagged {
+		for _, u := range tv.Uplinks {
+			fs, err := frame.Round(announce.Guest{MAC: g.MAC, Source: g.Source}, u.VLAN)
+			if err != nil {
+				return nil, err
+			}
+			pl.Outputs = append(pl.Outputs, Output{Via: u.Name, VLAN: u.VLAN})
+			for _, f := range fs {
+				pl.Packets = append(pl.Packets, burst.Packet{W: ifWriter{l.Sender, u.Index, u.Name}, Kind: f.Kind.String(), Data: f.Data})
+			}
+		}
+	}
+	if p.TaggedOmitted > 0 {
+		pl.Omitted = fmt.Sprintf("%d more tagged VLANs of %s beyond the first %d", p.TaggedOmitted, p.Port.Name, linuxbr.MaxTaggedVLANs)
+	}
 	path := p
 	mac := g.MAC
 	repair := l.RepairFDB
@@ -121,6 +140,9 @@ func (pl *Plan) Describe(w io.Writer, s schedule.Schedule) {
 	}
 	for _, u := range pl.Unused {
 		fmt.Fprintf(w, "uplink %s  not used\n", u)
+	}
+	if pl.Omitted != "" {
+		fmt.Fprintf(w, "not announced: %s\n", pl.Omitted)
 	}
 	if pl.Repair != nil {
 		fmt.Fprintf(w, "repair bridge %s: fdb %s -> %s (dynamic)\n", pl.Bridge, pl.Guest.MAC, pl.Port)

@@ -32,6 +32,9 @@ func main() {
 	modes := flag.String("modes", "none,oneshot,daemon", "scenarios to run, in order: none, oneshot, daemon")
 	asJSON := flag.Bool("json", false, "print one JSON object per scenario")
 	flag.BoolVar(&useOVS, "ovs", false, "build hosts A and B on Open vSwitch bridges (userspace datapath) instead of Linux bridges")
+	useXen := flag.Bool("xen", false, "boot real Xen under QEMU and migrate a real PVH guest between two dom0 bridges (slow under TCG)")
+	xenDom0 := flag.Bool("xen-dom0", false, "internal: the --xen lab inside dom0")
+	vmlinuz := flag.String("vmlinuz", "", "internal: the guest kernel for --xen-dom0")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "selfannounce-lab: needs root (network namespaces): run `sudo make lab`")
@@ -45,6 +48,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "selfannounce-lab: announce binary: %v\n", err)
 		os.Exit(2)
 	}
+	if *useXen {
+		runXen(*bin, *asJSON)
+		return
+	}
 	dir, err := os.MkdirTemp("", "selfannounce-lab")
 	if err != nil {
 		fatal(err)
@@ -53,6 +60,13 @@ func main() {
 	cfg := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfg, []byte(labConfig), 0o644); err != nil {
 		fatal(err)
+	}
+	if *xenDom0 {
+		if err := os.WriteFile(cfg, []byte(xenConfig), 0o644); err != nil {
+			fatal(err)
+		}
+		runXenDom0(*bin, *vmlinuz, cfg, *asJSON)
+		return
 	}
 	if !*asJSON {
 		fmt.Printf("Lab: switch (Linux bridge, 300 s ageing) ─ host A, host B, client %s; silent VM %s %s\n", lab.ClientIP, lab.GuestMAC, lab.GuestIP)

@@ -41,6 +41,35 @@ type Options struct {
 	// OVS builds hosts A and B on Open vSwitch bridges (userspace datapath,
 	// a private ovsdb-server and ovs-vswitchd each) instead of Linux ones.
 	OVS bool
+	// OVSKernel puts those bridges on the kernel datapath (the openvswitch
+	// module: the kernel VM has it, this host's kernel does not).
+	OVSKernel bool
+	// OVSBond, with OVS, makes host B's uplink an OVS bond "bond0" of up0
+	// and up1 in this bond_mode (balance-slb is XenServer's default), each
+	// member facing its own switch port (pB, pB2): SLB must not face a LAG.
+	OVSBond string
+	// VLAN, when non-zero, carries the VM network on this 802.1Q VLAN: the
+	// switch filters VLANs (trunks to the hosts, an access port to the
+	// client), OVS vifs get it as their tag, and Linux hosts use Layout.
+	// Needs 8021q and vlan_filtering: the kernel VM.
+	VLAN   uint16
+	Layout VLANLayout
+	// TrunkVLANs are more VLANs the switch's and hosts' trunks carry.
+	TrunkVLANs []uint16
+	// TrunkVif makes host B's vif (VLANFiltering) a trunk of VLAN and
+	// TrunkVLANs, tagged, with no PVID.
+	TrunkVif bool
+	// Bond makes host B's uplink (a Linux bridge host) the bond "bond0" of
+	// up0 and up1 in this mode (active-backup, balance-xor, 802.3ad,
+	// balance-alb...). In balance-xor and 802.3ad the members face one
+	// switch LAG "pB" (static, or LACP); otherwise pB and pB2. Needs the
+	// bonding module: the kernel VM.
+	Bond string
+	// HostB, when set, is an existing namespace to build host B in, such
+	// as a VM's root namespace (netlab.Attach) where systemd runs the
+	// packaged unit. Close leaves it in place; the caller removes the
+	// links the lab made there.
+	HostB *netlab.NS
 }
 
 // Lab is a built topology.
@@ -68,6 +97,10 @@ func (l *Lab) build() (*Lab, error) {
 		ns   **netlab.NS
 		role string
 	}{{&l.Switch, "sw"}, {&l.HostA, "hosta"}, {&l.HostB, "hostb"}, {&l.Client, "client"}, {&l.VM, "vm"}} {
+		if p.role == "hostb" && opts.HostB != nil {
+			l.HostB = opts.HostB
+			continue
+		}
 		n, err := netlab.NewNS(p.role)
 		if err != nil {
 			return nil, err
@@ -75,9 +108,7 @@ func (l *Lab) build() (*Lab, error) {
 		*p.ns = n
 		l.all = append(l.all, n)
 	}
-	if _, err := l.Switch.Sh(`
-		ip link add sw type bridge ageing_time 30000
-		ip link set sw up`); err != nil {
+	if _, err := l.Switch.Sh(l.switchScript()); err != nil {
 		return nil, err
 	}
 	stp := ""
@@ -93,6 +124,17 @@ func (l *Lab) build() (*Lab, error) {
 			if err := l.ovsHost(h.ns, h.port); err != nil {
 				return nil, err
 			}
+		} else if opts.Bond != "" && h.ns == l.HostB {
+			if err := l.bondHost(h.ns, h.stp); err != nil {
+				return nil, err
+			}
+			if err := l.bondSwitchPorts(); err != nil {
+				return nil, err
+			}
+		} else if opts.VLAN != 0 {
+			if err := l.vlanHost(h.ns, h.port, h.stp); err != nil {
+				return nil, err
+			}
 		} else if _, err := h.ns.Sh(fmt.Sprintf(`
 			ip link add %[1]s type bridge%[2]s
 			ip link set %[1]s up
@@ -100,7 +142,7 @@ func (l *Lab) build() (*Lab, error) {
 			ip link set up0 master %[1]s up`, Bridge, h.stp, h.port, l.Switch.Name)); err != nil {
 			return nil, err
 		}
-		if _, err := l.Switch.Sh(fmt.Sprintf("ip link set %s master sw up", h.port)); err != nil {
+		if err := l.switchPort(h.port, false); err != nil {
 			return nil, err
 		}
 	}
@@ -110,7 +152,7 @@ func (l *Lab) build() (*Lab, error) {
 		ip link set eth0 up`, ClientMAC, l.Switch.Name, ClientIP)); err != nil {
 		return nil, err
 	}
-	if _, err := l.Switch.Sh("ip link set pC master sw up"); err != nil {
+	if err := l.switchPort("pC", true); err != nil {
 		return nil, err
 	}
 	// The VM on host A: vif1.0 in the bridge, eth0 in the guest.
@@ -118,9 +160,7 @@ func (l *Lab) build() (*Lab, error) {
 		if err := l.ovsPlug(l.HostA, SrcVif, "eth0"); err != nil {
 			return nil, err
 		}
-	} else if _, err := l.HostA.Sh(fmt.Sprintf(`
-		ip link add %[1]s type veth peer name eth0 netns %[2]s
-		ip link set %[1]s master %[3]s up`, SrcVif, l.VM.Name, Bridge)); err != nil {
+	} else if err := l.linuxPlug(l.HostA, SrcVif, "eth0"); err != nil {
 		return nil, err
 	}
 	if err := l.guestUp(false); err != nil {
@@ -149,8 +189,8 @@ func (l *Lab) build() (*Lab, error) {
 	if _, err := l.Client.Sh(fmt.Sprintf("ip neigh replace %s lladdr %s dev eth0 nud permanent", GuestIP, GuestMAC)); err != nil {
 		return nil, err
 	}
-	if port, _ := l.FDBPort(l.HostB, Bridge, GuestMAC); port != "up0" {
-		return nil, fmt.Errorf("lab: host B did not learn the guest MAC behind up0 (got %q)", port)
+	if port, _ := l.FDBPort(l.HostB, l.BridgeName(), GuestMAC); !l.isUplink(port) {
+		return nil, fmt.Errorf("lab: host B did not learn the guest MAC behind its uplink (got %q)", port)
 	}
 	return l, nil
 }
@@ -194,10 +234,7 @@ func (l *Lab) PlugDestination() error {
 	if l.opts.OVS {
 		return l.ovsPlug(l.HostB, DstVif, "ethnew")
 	}
-	_, err := l.HostB.Sh(fmt.Sprintf(`
-		ip link add %[1]s type veth peer name ethnew netns %[2]s
-		ip link set %[1]s master %[3]s up`, DstVif, l.VM.Name, Bridge))
-	return err
+	return l.linuxPlug(l.HostB, DstVif, "ethnew")
 }
 
 // Resume ends the migration: the source domain is destroyed (its vif goes
@@ -265,6 +302,8 @@ func (l *Lab) SwitchPort() string {
 		return "pA (host A, stale)"
 	case "pB":
 		return "pB (host B)"
+	case "pB2":
+		return "pB2 (host B, second bond member)"
 	case "":
 		return "unknown (flooding)"
 	}

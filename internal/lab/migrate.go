@@ -58,7 +58,7 @@ func (l *Lab) Migrate(ctx context.Context, name string, m Migration) (Report, er
 	if err != nil {
 		return Report{}, err
 	}
-	hb, _ := l.FDBPort(l.HostB, Bridge, GuestMAC)
+	hb, _ := l.FDBPort(l.HostB, l.BridgeName(), GuestMAC)
 	return Report{Scenario: name, Result: res, SwitchPort: l.SwitchPort(), HostBPort: hb}, nil
 }
 
@@ -70,10 +70,10 @@ func (l *Lab) Healed(rep Report, maxLost int) []string {
 	if rep.Lost > maxLost {
 		bad = append(bad, fmt.Sprintf("client lost %d pings at %v (missed seqs %v), want at most %d", rep.Lost, DefaultMigration().Interval, rep.Missed, maxLost))
 	}
-	if p, _ := l.FDBPort(l.Switch, "sw", GuestMAC); p != "pB" {
+	if p, _ := l.FDBPort(l.Switch, "sw", GuestMAC); p != "pB" && (p != "pB2" || l.opts.OVSBond == "" && l.opts.Bond == "") {
 		bad = append(bad, fmt.Sprintf("switch FDB: guest MAC on %q, want pB (host B's port)", p))
 	}
-	if p, _ := l.FDBPort(l.HostB, Bridge, GuestMAC); p != DstVif {
+	if p, _ := l.FDBPort(l.HostB, l.BridgeName(), GuestMAC); p != DstVif {
 		bad = append(bad, fmt.Sprintf("host B bridge FDB: guest MAC on %q, want %s", p, DstVif))
 	}
 	return bad

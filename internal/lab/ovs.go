@@ -11,10 +11,15 @@ import (
 )
 
 // ovsHost makes ns an Open vSwitch host: a private OVS, bridge Bridge on the
-// userspace datapath (the kernel module is not available everywhere) and
-// uplink up0 to the switch port swPort.
+// userspace datapath (the kernel module is not available everywhere) or
+// with OVSKernel the kernel's, and uplink up0 to the switch port swPort; on
+// host B with OVSBond, bond0 of up0 and up1 (to swPort and swPort+"2").
 func (l *Lab) ovsHost(ns *netlab.NS, swPort string) error {
-	o, err := ovstest.Launch(ns)
+	launch := ovstest.Launch
+	if l.opts.OVSKernel {
+		launch = ovstest.LaunchKernel
+	}
+	o, err := launch(ns)
 	if err != nil {
 		return fmt.Errorf("lab: Open vSwitch on %s: %w", ns.Name, err)
 	}
@@ -31,8 +36,19 @@ func (l *Lab) ovsHost(ns *netlab.NS, swPort string) error {
 		ip link set up0 up`, swPort, l.Switch.Name)); err != nil {
 		return err
 	}
-	_, err = o.VsctlErr("add-port", Bridge, "up0")
-	return err
+	if ns != l.HostB || l.opts.OVSBond == "" {
+		_, err = o.VsctlErr("add-port", Bridge, "up0")
+		return err
+	}
+	if _, err := ns.Sh(fmt.Sprintf(`
+		ip link add up1 type veth peer name %s2 netns %s
+		ip link set up1 up`, swPort, l.Switch.Name)); err != nil {
+		return err
+	}
+	if _, err := o.VsctlErr("add-bond", Bridge, "bond0", "up0", "up1", "bond_mode="+l.opts.OVSBond); err != nil {
+		return err
+	}
+	return l.switchPort(swPort+"2", false)
 }
 
 // ovsPlug creates a VM port as XenServer's vif-openvswitch does: the vif
@@ -54,7 +70,11 @@ func (l *Lab) ovsPlug(ns *netlab.NS, vif, peer string) error {
 		ip link set %[1]s up`, vif, peer, l.VM.Name)); err != nil {
 		return err
 	}
-	_, err := o.VsctlErr("add-port", Bridge, vif, "--", "set", "Interface", vif, "external_ids:attached-mac="+GuestMAC)
+	args := []string{"add-port", Bridge, vif}
+	if l.opts.VLAN != 0 {
+		args = append(args, fmt.Sprintf("tag=%d", l.opts.VLAN))
+	}
+	_, err := o.VsctlErr(append(args, "--", "set", "Interface", vif, "external_ids:attached-mac="+GuestMAC)...)
 	return err
 }
 

@@ -54,6 +54,17 @@ func TestNS(t testing.TB, role string) *NS {
 	return n
 }
 
+// Attach names the network namespace of process pid (os.Getpid(): the
+// caller's own, such as a VM's root namespace) so ip netns exec and NS.Do
+// reach it. Close removes only the name.
+func Attach(role string, pid int) (*NS, error) {
+	n := &NS{Name: UniqueName(role)}
+	if out, err := exec.Command("ip", "netns", "attach", n.Name, fmt.Sprint(pid)).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip netns attach %s %d: %v: %s", n.Name, pid, err, bytes.TrimSpace(out))
+	}
+	return n, nil
+}
+
 // Close deletes the namespace; processes still inside keep it alive until
 // they exit, so callers stop their processes first.
 func (n *NS) Close() error {

@@ -1,7 +1,8 @@
 //go:build linux
 
 // Package ovstest starts a private Open vSwitch (ovsdb-server plus
-// ovs-vswitchd with the userspace datapath) inside a network namespace.
+// ovs-vswitchd, with the userspace datapath, or the kernel's where the
+// openvswitch module loads) inside a network namespace.
 // Every file, socket and log lives in a fresh directory, so tests and the lab
 // never touch a host OVS or each other. Start ties it to a test (stopped when
 // the test ends, pass or fail); Launch is the same for programs (the lab).
@@ -36,6 +37,8 @@ type OVS struct {
 	dir string
 	db  *daemon
 	sw  *daemon
+	// kernel: bridges on the kernel datapath (datapath_type=system).
+	kernel bool
 
 	starts int
 }
@@ -72,7 +75,42 @@ func Start(t testing.TB, ns *netlab.NS) *OVS {
 
 // Launch starts ovsdb-server and ovs-vswitchd inside ns; Close stops them
 // and removes their directory. On error nothing is left running.
-func Launch(ns *netlab.NS) (*OVS, error) {
+func Launch(ns *netlab.NS) (*OVS, error) { return launch(ns, false) }
+
+// LaunchKernel is Launch with the bridges on the kernel datapath: the
+// openvswitch module must load (a Debian kernel does; some CI kernels do
+// not). The datapath belongs to ns, so instances in other namespaces do not
+// see each other's.
+func LaunchKernel(ns *netlab.NS) (*OVS, error) {
+	if out, err := exec.Command("modprobe", "openvswitch").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("modprobe openvswitch: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return launch(ns, true)
+}
+
+// StartKernel is Start with LaunchKernel's kernel datapath.
+func StartKernel(t testing.TB, ns *netlab.NS) *OVS {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommands(t, append(Commands, "modprobe")...)
+	o, err := LaunchKernel(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		o.stop()
+		if t.Failed() {
+			o.dumpLogs(t)
+		}
+		os.RemoveAll(o.dir)
+	})
+	return o
+}
+
+// Kernel says the bridges are on the kernel datapath.
+func (o *OVS) Kernel() bool { return o.kernel }
+
+func launch(ns *netlab.NS, kernel bool) (*OVS, error) {
 	// OVS falls back to this directory for a few defaults even when every
 	// path is given explicitly; creating it is harmless.
 	if err := os.MkdirAll("/var/run/openvswitch", 0o755); err != nil {
@@ -84,7 +122,7 @@ func Launch(ns *netlab.NS) (*OVS, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &OVS{NS: ns, dir: dir}
+	o := &OVS{NS: ns, dir: dir, kernel: kernel}
 	if err := o.launch(); err != nil {
 		logs := o.Logs()
 		o.Close()
@@ -160,12 +198,15 @@ func (o *OVS) startDB() error {
 func (o *OVS) startSwitch() error {
 	ctl := filepath.Join(o.dir, "ovs-vswitchd.ctl")
 	os.Remove(ctl)
-	d, err := o.spawn("ovs-vswitchd", o.DBAddr(),
-		"--pidfile="+filepath.Join(o.dir, "ovs-vswitchd.pid"),
-		"--unixctl="+ctl,
-		"--log-file="+filepath.Join(o.dir, "ovs-vswitchd.log"),
-		"--disable-system",
-		"-vconsole:off")
+	args := []string{o.DBAddr(),
+		"--pidfile=" + filepath.Join(o.dir, "ovs-vswitchd.pid"),
+		"--unixctl=" + ctl,
+		"--log-file=" + filepath.Join(o.dir, "ovs-vswitchd.log"),
+		"-vconsole:off"}
+	if !o.kernel {
+		args = append(args, "--disable-system")
+	}
+	d, err := o.spawn("ovs-vswitchd", args...)
 	if err != nil {
 		return err
 	}
@@ -331,7 +372,8 @@ func (o *OVS) run(name string, args ...string) (string, error) {
 }
 
 // AddBridge creates a bridge on the userspace datapath (the OVS kernel
-// module is not available here).
+// module is not available on every test host), or on the kernel's with
+// LaunchKernel.
 func (o *OVS) AddBridge(t testing.TB, name string) {
 	t.Helper()
 	if err := o.AddBridgeErr(name); err != nil {
@@ -341,7 +383,11 @@ func (o *OVS) AddBridge(t testing.TB, name string) {
 
 // AddBridgeErr is AddBridge for programs.
 func (o *OVS) AddBridgeErr(name string) error {
-	_, err := o.VsctlErr("add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
+	dp := "datapath_type=netdev"
+	if o.kernel {
+		dp = "datapath_type=system"
+	}
+	_, err := o.VsctlErr("add-br", name, "--", "set", "Bridge", name, dp)
 	return err
 }
 

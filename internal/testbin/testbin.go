@@ -18,9 +18,20 @@ var (
 	out  []byte
 )
 
-// Announce returns the path of a freshly built announce binary.
+// EnvAnnounce names an announce binary built beforehand: the kernel VM
+// runs tests with the one its host built, instead of compiling under TCG.
+const EnvAnnounce = "SELFANNOUNCE_ANNOUNCE_BIN"
+
+// Announce returns the path of a freshly built announce binary, or the one
+// EnvAnnounce names.
 func Announce(t testing.TB) string {
 	t.Helper()
+	if p := os.Getenv(EnvAnnounce); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s: %v", EnvAnnounce, err)
+		}
+		return p
+	}
 	once.Do(func() {
 		dir, derr := os.MkdirTemp("", "announce-bin")
 		if derr != nil {

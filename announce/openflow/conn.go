@@ -63,6 +63,11 @@ type Conn struct {
 	readErr  error
 
 	done chan struct{}
+	// closing asks the writer to put what is queued on the socket and
+	// stop; drained is closed when it has.
+	closeOnce sync.Once
+	closing   chan struct{}
+	drained   chan struct{}
 }
 
 // Dial connects to a management socket (see MgmtSocket), negotiates the
@@ -99,6 +104,8 @@ func handshake(ctx context.Context, nc net.Conn) (*Conn, error) {
 		claimed:  map[uint32]bool{},
 		out:      make(chan []byte, queueLen),
 		done:     make(chan struct{}),
+		closing:  make(chan struct{}),
+		drained:  make(chan struct{}),
 	}
 	werr := make(chan error, 1)
 	go func() {
@@ -186,24 +193,44 @@ func (c *Conn) write(b []byte) error {
 
 // writeLoop puts queued messages on the socket in order.
 func (c *Conn) writeLoop() {
+	defer close(c.drained)
 	for {
 		select {
 		case b := <-c.out:
-			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if _, err := c.nc.Write(b); err != nil {
-				c.mu.Lock()
-				if c.readErr == nil {
-					c.readErr = fmt.Errorf("write: %w", err)
-				}
-				c.mu.Unlock()
-				// Ends readLoop, which closes done.
-				c.nc.Close()
+			if !c.put(b) {
 				return
+			}
+		case <-c.closing:
+			for {
+				select {
+				case b := <-c.out:
+					if !c.put(b) {
+						return
+					}
+				default:
+					return
+				}
 			}
 		case <-c.done:
 			return
 		}
 	}
+}
+
+// put writes one message; a failed write ends the session.
+func (c *Conn) put(b []byte) bool {
+	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := c.nc.Write(b); err != nil {
+		c.mu.Lock()
+		if c.readErr == nil {
+			c.readErr = fmt.Errorf("write: %w", err)
+		}
+		c.mu.Unlock()
+		// Ends readLoop, which closes done.
+		c.nc.Close()
+		return false
+	}
+	return true
 }
 
 func (c *Conn) readLoop() {
@@ -360,8 +387,15 @@ func (c *Conn) barrier(ctx context.Context) error {
 // Done is closed when the session ends (switch restart, Close).
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Close ends the session.
+// Close ends the session after writing what PacketOut already queued (each
+// write bounded by writeTimeout): a one-shot closes right after its burst's
+// last frame, and that frame must still leave.
 func (c *Conn) Close() error {
+	c.closeOnce.Do(func() { close(c.closing) })
+	select {
+	case <-c.drained:
+	case <-c.done:
+	}
 	err := c.nc.Close()
 	<-c.done
 	return err

@@ -71,7 +71,7 @@ func bondMigration(t *testing.T, mode string) {
 	for i, c := range capM {
 		all := c.Stop(t)
 		out[i] = guestAnnouncements(all)
-		checkGuestIdentity(t, fmt.Sprintf("up%d", i), all)
+		checkGuestIdentity(t, fmt.Sprintf("up%d", i), all, mode)
 	}
 	if len(sent) == 0 {
 		t.Fatalf("no announcement for the guest went into %s", lab.BondName)
@@ -188,12 +188,15 @@ func frameKinds(fs []wiretest.Frame) map[sniff.Kind]int {
 // checkGuestIdentity fails t for any frame leaving a member that carries
 // the guest's IPv4 address with another MAC: the guest's own unicast
 // (ping replies) and its announcements. balance-alb's tlb rewrites the
-// Ethernet source of what it sends on a non-active member, and its rlb the
-// sender of ARP replies; a bridged guest's frames must survive both.
-func checkGuestIdentity(t *testing.T, member string, fs []wiretest.Frame) {
+// Ethernet source of whatever it balances onto a non-active member
+// (bond_do_alb_xmit), the guest's own IPv4 unicast included: that is the
+// kernel's design and the reason the doctor flags alb, so on alb those
+// rewrites are counted and logged, not failed. ARP for the guest's address
+// (only the agent's GARPs: the guest is silent) must survive every mode.
+func checkGuestIdentity(t *testing.T, member string, fs []wiretest.Frame, mode string) {
 	t.Helper()
 	guestIP := net.ParseIP(lab.GuestIP).To4()
-	checked := 0
+	checked, rewritten := 0, 0
 	for _, f := range fs {
 		d := f.Untagged()
 		if len(d) < 14 {
@@ -204,6 +207,10 @@ func checkGuestIdentity(t *testing.T, member string, fs []wiretest.Frame) {
 			if len(d) >= 34 && bytes.Equal(d[26:30], guestIP) {
 				checked++
 				if !bytes.Equal(f.Src(), guestMAC) {
+					if mode == "balance-alb" {
+						rewritten++
+						continue
+					}
 					t.Errorf("%s: an IPv4 frame from the guest left with Ethernet source %s, not the guest's", member, f.Src())
 				}
 			}
@@ -215,6 +222,9 @@ func checkGuestIdentity(t *testing.T, member string, fs []wiretest.Frame) {
 				}
 			}
 		}
+	}
+	if rewritten > 0 {
+		t.Logf("%s: alb's tlb rewrote the Ethernet source of %d of the guest's own IPv4 frames (the member's MAC)", member, rewritten)
 	}
 	t.Logf("%s: %d frames with the guest's IPv4 address, all with its MAC unless reported", member, checked)
 }

@@ -62,6 +62,9 @@ type arrival struct {
 	frameMAC net.HardwareAddr
 	cached   *announce.Guest
 	cfg      *config.Config
+	// When each step of the attempt ended, for the burst log: where an
+	// arrival's latency went (identity, plan, repair, then the engine).
+	tWork, tIdent, tPlan, tRepair time.Time
 }
 
 // arrive starts handling one arrival of p, detected by `by` at `at`. The
@@ -107,6 +110,7 @@ func (dm *Daemon) current(a *arrival) bool {
 // work runs one arrival attempt off the event loop.
 func (dm *Daemon) work(a *arrival) {
 	defer dm.wg.Done()
+	a.tWork = dm.d.Now()
 	log := dm.d.Log.With(zap.String("port", a.name), zap.String("trigger", a.by))
 
 	// Identity, off the lock: cached from the port's appearance, or asked now.
@@ -125,6 +129,7 @@ func (dm *Daemon) work(a *arrival) {
 		ips, ipErr = dm.d.HostIPs(ctx)
 		cancel()
 	}
+	a.tIdent = dm.d.Now()
 
 	dm.mu.Lock()
 	if !dm.current(a) {
@@ -190,6 +195,7 @@ func (dm *Daemon) work(a *arrival) {
 	} else {
 		pl, err = planner.Plan(a.name, g)
 	}
+	a.tPlan = dm.d.Now()
 	dm.mu.Lock()
 	if !dm.current(a) {
 		dm.abandon(a)
@@ -213,6 +219,7 @@ func (dm *Daemon) work(a *arrival) {
 		_, err = pl.Repair(ctx)
 		cancel()
 	}
+	a.tRepair = dm.d.Now()
 	dm.mu.Lock()
 	defer dm.mu.Unlock()
 	if !dm.current(a) {
@@ -367,12 +374,26 @@ func (dm *Daemon) failed(a *arrival, log *zap.Logger, transient bool, err error)
 	})
 }
 
+// steps is the attempt's time line, from the arrival event: when the
+// worker ran, and when identity, plan and FDB repair were done.
+func (a *arrival) steps() zap.Field {
+	d := func(t time.Time) time.Duration {
+		if t.IsZero() || a.at.IsZero() {
+			return 0
+		}
+		return t.Sub(a.at)
+	}
+	return zap.Dict("steps", zap.Duration("worker", d(a.tWork)), zap.Duration("identity", d(a.tIdent)),
+		zap.Duration("plan", d(a.tPlan)), zap.Duration("repair", d(a.tRepair)))
+}
+
 func (dm *Daemon) startBurst(a *arrival, g announce.Guest, pl *plan.Plan, key string, gs *guest, log *zap.Logger) error {
 	gs.starting = ""
 	m := dm.d.Metrics
 	ips := g.IPs
 	name, by, at := a.name, a.by, a.at
 	mac := g.MAC.String()
+	steps := a.steps()
 	err := dm.d.Engine.Start(&burst.Burst{
 		Key:      key,
 		Packets:  pl.Packets,
@@ -390,7 +411,7 @@ func (dm *Daemon) startBurst(a *arrival, g announce.Guest, pl *plan.Plan, key st
 				zap.Int("frames", r.Frames), zap.Int("rounds", r.Rounds)}
 			if !r.FirstFrame.IsZero() {
 				lat := r.FirstFrame.Sub(at)
-				fields = append(fields, zap.Duration("latency", lat))
+				fields = append(fields, zap.Duration("latency", lat), steps)
 				if m != nil {
 					m.Latency.Observe(lat.Seconds())
 					m.LastBurst.Set(float64(r.FirstFrame.UnixNano()) / 1e9)

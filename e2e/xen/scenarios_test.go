@@ -17,6 +17,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce/sniff"
 	"github.com/selfannounce/selfannounce/internal/lab"
 	"github.com/selfannounce/selfannounce/internal/proctest"
+	"github.com/selfannounce/selfannounce/internal/vm"
 	"github.com/selfannounce/selfannounce/internal/wiretest"
 	"github.com/selfannounce/selfannounce/internal/xenhost"
 )
@@ -143,7 +144,7 @@ func installHook(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile(filepath.Join("..", "..", "hooks", "xen-vif-post.hook"))
+	src, err := os.ReadFile(filepath.Join(vm.GuestRunDir, guestHook))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,9 @@ import (
 // guest too.
 const EnvVmlinuz = "SELFANNOUNCE_XEN_VMLINUZ"
 
+// guestHook is where dom0 finds the packaged xl hook, under the run share.
+const guestHook = "hooks/xen-vif-post.hook"
+
 // TestXen boots the Xen host once and runs every TestInXen... inside dom0.
 func TestXen(t *testing.T) {
 	if vm.Inside() {
@@ -37,10 +40,17 @@ func TestXen(t *testing.T) {
 	}
 	testenv.RequireRoot(t)
 	k := vm.DebianKernel(t)
+	// The repository is not inside the VM when it lives under the host's
+	// /tmp (a clean clone in CI does): the packaged hook goes in by copy.
+	hook, err := filepath.Abs(filepath.Join("..", "..", "hooks", "xen-vif-post.hook"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	vm.RunTests(t, vm.Options{
 		Name: "xen", Xen: true, MemMB: 2048, CPUs: 2, Dom0MB: 1024,
 		Env:     map[string]string{EnvVmlinuz: k.Vmlinuz, xenhost.EnvLeanHotplug: os.Getenv(xenhost.EnvLeanHotplug)},
+		Copy:    map[string]string{guestHook: hook},
 		Timeout: 40 * time.Minute,
 		// A guest the emulator kills on resume is redone inside dom0; it
 		// must not end the boot.

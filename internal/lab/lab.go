@@ -163,6 +163,13 @@ func (l *Lab) build() (*Lab, error) {
 	} else if err := l.linuxPlug(l.HostA, SrcVif, "eth0"); err != nil {
 		return nil, err
 	}
+	if opts.Bond == "802.3ad" {
+		// Neither side of a LAG passes frames until LACP agrees: host B
+		// would miss the VM's broadcasts and never learn where it lives.
+		if err := l.WaitLACP(60 * time.Second); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.guestUp(false); err != nil {
 		return nil, err
 	}

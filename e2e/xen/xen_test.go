@@ -157,8 +157,22 @@ func guestFrames(c *wiretest.Capture) []wiretest.Frame {
 func (x *host) checkArrival(t *testing.T, mv *xenhost.Moved, c *wiretest.Capture) time.Duration {
 	t.Helper()
 	var first time.Time
-	for _, f := range guestFrames(c) {
-		if f.At.Before(mv.Carrier) {
+	frames := guestFrames(c)
+	// The guest's own frames (not announcements: the guest is silent but
+	// answers pings) cannot pass netback before carrier. One on the
+	// destination port before the carrier the watch read proves that
+	// reading late (seen once in CI: 14.8 s, the watch's thread starved
+	// under TCG), and then the order cannot be judged from it.
+	carrier := mv.Carrier
+	for _, f := range frames {
+		if _, ok := f.Announcement(); !ok && f.At.Before(carrier) {
+			t.Logf("the carrier watch read %s's carrier at least %v late (the guest's own %#04x frame came first): the order of the announcements is not checked in this run", mv.Vif, mv.Carrier.Sub(f.At), f.EtherType())
+			carrier = time.Time{}
+			break
+		}
+	}
+	for _, f := range frames {
+		if f.At.Before(carrier) {
 			t.Errorf("a frame for the guest MAC (ethertype %#04x) reached the switch %v before %s had carrier", f.EtherType(), mv.Carrier.Sub(f.At), mv.Vif)
 		}
 		if a, ok := f.Announcement(); ok && a.Kind == sniff.RARP && first.IsZero() {

@@ -1,8 +1,6 @@
 package openflow
 
 import (
-	"context"
-	"net"
 	"testing"
 	"time"
 )
@@ -12,33 +10,9 @@ import (
 // frame must still reach the switch (seen in CI: 9 of 10 frames on the
 // trunk, the last gratuitous ARP lost).
 func TestCloseWritesQueuedPacketOuts(t *testing.T) {
-	a, b := net.Pipe()
+	c, b := openPipe(t)
 	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	dialed := make(chan *Conn, 1)
-	go func() {
-		c, err := handshake(ctx, a)
-		if err != nil {
-			t.Error(err)
-		}
-		dialed <- c
-	}()
 	b.SetDeadline(time.Now().Add(10 * time.Second))
-	b.Write(unhex(t, "01 00 0008 00000063"))
-	if m, err := readMsg(b); err != nil || m[1] != typeHello {
-		t.Fatalf("hello: %x %v", m, err)
-	}
-	bar, err := readMsg(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bar[1] = 19
-	b.Write(bar)
-	c := <-dialed
-	if c == nil {
-		t.FailNow()
-	}
 
 	const n = 50
 	for i := 0; i < n; i++ {

@@ -339,7 +339,7 @@ func debLifecycle(t *testing.T, h *host) {
 		}
 		t.Logf("migration under the systemd unit: %s", rep)
 		// Loss is timing (TCG); where the network sends the guest is not.
-		for _, bad := range h.lab.Healed(rep, 1<<30) {
+		for _, bad := range h.lab.FDBFollowed() {
 			t.Error(bad)
 		}
 		mac, _ := net.ParseMAC(lab.GuestMAC)

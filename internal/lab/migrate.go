@@ -62,14 +62,27 @@ func (l *Lab) Migrate(ctx context.Context, name string, m Migration) (Report, er
 	return Report{Scenario: name, Result: res, SwitchPort: l.SwitchPort(), HostBPort: hb}, nil
 }
 
-// Healed lists what is still wrong after a migration with an agent: more
-// than maxLost pings lost, or the switch or host B's bridge still sending
-// the guest's traffic elsewhere. Empty means the network followed the VM.
-func (l *Lab) Healed(rep Report, maxLost int) []string {
+// Healed lists what is still wrong after a migration with an agent: the
+// client's pings did not come back before pinging stopped, they were lost
+// in more than the one outage the move itself causes, or the switch or host
+// B's bridge still sends the guest's traffic elsewhere. Empty means the
+// network followed the VM. How many pings that one outage cost is timing: it
+// is reported (make lab, make bench), not judged here, because the pause the
+// lab simulates alone spans two 10 ms pings and a loaded machine stretches it.
+func (l *Lab) Healed(rep Report) []string {
 	var bad []string
-	if rep.Lost > maxLost {
-		bad = append(bad, fmt.Sprintf("client lost %d pings at %v (missed seqs %v), want at most %d", rep.Lost, DefaultMigration().Interval, rep.Missed, maxLost))
+	if rep.Ongoing {
+		bad = append(bad, fmt.Sprintf("client lost %d pings (missed seqs %v) and the guest was still unreachable when pinging stopped", rep.Lost, rep.Missed))
+	} else if runs := Runs(rep.Missed); runs > 1 {
+		bad = append(bad, fmt.Sprintf("client lost pings in %d separate runs (missed seqs %v), want one outage at the move", runs, rep.Missed))
 	}
+	return append(bad, l.FDBFollowed()...)
+}
+
+// FDBFollowed lists the forwarding tables that still send the guest's MAC
+// somewhere other than host B's vif: the switch's and host B's bridge.
+func (l *Lab) FDBFollowed() []string {
+	var bad []string
 	if p, _ := l.FDBPort(l.Switch, "sw", GuestMAC); p != "pB" && (p != "pB2" || l.opts.OVSBond == "" && l.opts.Bond == "") {
 		bad = append(bad, fmt.Sprintf("switch FDB: guest MAC on %q, want pB (host B's port)", p))
 	}
@@ -77,4 +90,16 @@ func (l *Lab) Healed(rep Report, maxLost int) []string {
 		bad = append(bad, fmt.Sprintf("host B bridge FDB: guest MAC on %q, want %s", p, DstVif))
 	}
 	return bad
+}
+
+// Runs counts the runs of consecutive sequence numbers in missed, which is
+// sorted: [4 5 6 9] is two.
+func Runs(missed []int) int {
+	n := 0
+	for i, s := range missed {
+		if i == 0 || s != missed[i-1]+1 {
+			n++
+		}
+	}
+	return n
 }

@@ -33,6 +33,12 @@ const (
 	// TriggerGuestFrame also waits for a frame from the guest: a tap has
 	// carrier long before the migrated VM runs.
 	TriggerGuestFrame Trigger = "guest-frame"
+	// TriggerXenStart also waits for the port's Xen domain to start here:
+	// xl renames an incoming domain from NAME--incoming to NAME right
+	// before unpausing it. An HVM guest's emulated-NIC tap has carrier,
+	// and is bridged, while the domain is still paused and a silent guest
+	// sends nothing after it resumes (see package xenstart).
+	TriggerXenStart Trigger = "xen-start"
 	// TriggerManual announces only on request.
 	TriggerManual Trigger = "manual"
 )
@@ -167,7 +173,7 @@ type Config struct {
 var (
 	DefaultVMPorts = []string{"vif*", "tap*", "vnet*"}
 	DefaultPorts   = []PortRule{
-		{Match: "vif*-emu", Trigger: TriggerGuestFrame},
+		{Match: "vif*-emu", Trigger: TriggerXenStart},
 		{Match: "vif*", Trigger: TriggerCarrier},
 		{Match: "tap*", Trigger: TriggerGuestFrame},
 		{Match: "vnet*", Trigger: TriggerGuestFrame},
@@ -289,9 +295,9 @@ func (f *File) build() (*Config, error) {
 				return nil, err
 			}
 			switch r.Trigger {
-			case TriggerCarrier, TriggerGuestFrame, TriggerManual:
+			case TriggerCarrier, TriggerGuestFrame, TriggerXenStart, TriggerManual:
 			default:
-				return nil, fmt.Errorf("ports[%d]: unknown trigger %q (want carrier, guest-frame or manual)", i, r.Trigger)
+				return nil, fmt.Errorf("ports[%d]: unknown trigger %q (want carrier, guest-frame, xen-start or manual)", i, r.Trigger)
 			}
 		}
 		c.Ports = f.Ports

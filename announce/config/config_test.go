@@ -52,7 +52,7 @@ func TestDefaults(t *testing.T) {
 	if c.Schedule.Initial != 50*time.Millisecond || c.Schedule.Max != 550*time.Millisecond {
 		t.Fatal(c.Schedule)
 	}
-	for port, want := range map[string]Trigger{"vif3.0": TriggerCarrier, "vif3.0-emu": TriggerGuestFrame, "tap3.0": TriggerGuestFrame, "vnet0": TriggerGuestFrame} {
+	for port, want := range map[string]Trigger{"vif3.0": TriggerCarrier, "vif3.0-emu": TriggerXenStart, "tap3.0": TriggerGuestFrame, "vnet0": TriggerGuestFrame} {
 		if got, _ := c.TriggerFor(port); got != want {
 			t.Errorf("%s: %q, want %q", port, got, want)
 		}

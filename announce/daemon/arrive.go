@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -276,6 +277,19 @@ func (dm *Daemon) decide(a *arrival, key string, log *zap.Logger) (*guest, bool)
 	dm.own(p, key, gs)
 	p.lastKey = key
 	now := dm.d.Now()
+	if owner := dm.ports[gs.owner]; owner != nil && owner != p && gs.starting == "" && netbackOverEmulated(p.name, owner.name) {
+		// An HVM guest with PV drivers: its emulated NIC's tap was
+		// announced when the domain started, and netback's carrier now
+		// says netfront has connected. The guest's traffic goes through
+		// the vif from here on, so the vif takes over at once, holddown
+		// or not, and the tap waits in standby.
+		if dm.d.Engine.Cancel(key) {
+			log.Info("burst cancelled", zap.String("guest", key), zap.String("reason", "the guest's PV NIC took over from "+owner.name))
+		}
+		delete(gs.standby, p.key)
+		dm.standby(owner, key, gs)
+		a.handover = true
+	}
 	if (dm.d.Engine.Active(key) || gs.starting != "") && gs.owner != p.key {
 		// The same guest through its other port (vifN.M and its -emu
 		// tap): one burst per arrival. This port takes over if the
@@ -580,4 +594,15 @@ func (dm *Daemon) prefetch(p *port) {
 			p.ident = &g
 		}
 	}()
+}
+
+// netbackOverEmulated reports whether port is the netback vif of the guest
+// NIC whose emulated tap is other (vifN.M over vifN.M-emu with xl, over
+// tapN.M on XenServer).
+func netbackOverEmulated(port, other string) bool {
+	rest, ok := strings.CutPrefix(port, "vif")
+	if !ok || rest == "" || strings.HasSuffix(port, "-emu") {
+		return false
+	}
+	return other == port+"-emu" || other == "tap"+rest
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce/netwatch"
 	"github.com/selfannounce/selfannounce/announce/ovs"
 	"github.com/selfannounce/selfannounce/announce/plan"
+	"github.com/selfannounce/selfannounce/announce/xenstart"
 )
 
 // Planner builds the frames and path for a guest behind a port.
@@ -60,7 +61,11 @@ type Deps struct {
 	// ListenFrames opens a guest-frame listener on a port; nil disables the
 	// guest-frame trigger (such ports then wait forever).
 	ListenFrames func(ifindex int) (FrameListener, error)
-	Now          func() time.Time
+	// XenStarted reports, once, when Xen domain domid has started here
+	// (xenstart.Watcher.Follow); it must not block. nil makes the
+	// xen-start trigger the same as carrier.
+	XenStarted func(domid int, fn func(xenstart.Event)) (stop func())
+	Now        func() time.Time
 }
 
 // Arrival triggers, as logged and counted.
@@ -70,6 +75,7 @@ const (
 	byLibvirt    = "libvirt-resumed"
 	byExisting   = "existing"
 	byHandover   = "sibling-handover"
+	byXenStart   = "xen-start"
 )
 
 type backend uint8
@@ -95,7 +101,11 @@ type port struct {
 	resumed  bool
 	frameMAC net.HardwareAddr
 	frameAt  time.Time
-	listen   context.CancelFunc
+	// started: the port's Xen domain runs here (xen-start trigger); it
+	// stays true for the port's life. stopStart ends the follow.
+	started   bool
+	stopStart func()
+	listen    context.CancelFunc
 	// relisten is the pending retry of a failed frame listener.
 	relisten    stopper
 	listenFails int
@@ -234,7 +244,7 @@ func (dm *Daemon) Close() {
 	defer dm.mu.Unlock()
 	dm.closed = true
 	for _, p := range dm.ports {
-		dm.stopListening(p)
+		dm.untrack(p)
 		if p.retry != nil {
 			p.retry.Stop()
 		}
@@ -334,7 +344,7 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 		delete(dm.links, l.Index)
 		if p := dm.ports[key]; p != nil {
 			dm.leave(p, "deleted")
-			dm.stopListening(p)
+			dm.untrack(p)
 			delete(dm.ports, key)
 		}
 		dm.gaugePorts()
@@ -345,7 +355,7 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 		// The name moved from Open vSwitch to a Linux bridge (a stale
 		// OVSDB row, a reused vnetN): netlink's master wins.
 		dm.leave(op, "on a Linux bridge")
-		dm.stopListening(op)
+		dm.untrack(op)
 		delete(dm.ports, op.key)
 	}
 	p := dm.ports[key]
@@ -356,7 +366,7 @@ func (dm *Daemon) Link(ev netwatch.Event) {
 	} else if p.name != l.Name {
 		// A renamed port may now match a different rule, or none.
 		dm.leave(p, "renamed")
-		dm.stopListening(p)
+		dm.untrack(p)
 		delete(dm.ports, key)
 		if p = dm.track(l); p == nil {
 			dm.gaugePorts()
@@ -382,6 +392,9 @@ func (dm *Daemon) track(l netwatch.Link) *port {
 		// From the port's creation: QEMU's RARP may come before the port
 		// joins its bridge.
 		dm.startListening(p)
+	}
+	if tr == config.TriggerXenStart {
+		dm.followStart(p)
 	}
 	if tr != config.TriggerManual {
 		dm.prefetch(p)
@@ -428,6 +441,10 @@ func (dm *Daemon) update(p *port, ready bool, now time.Time) {
 	case config.TriggerGuestFrame:
 		if p.frameSeen {
 			dm.arrive(p, byGuestFrame, now)
+		}
+	case config.TriggerXenStart:
+		if p.started {
+			dm.arrive(p, byXenStart, now)
 		}
 	}
 }
@@ -644,4 +661,13 @@ func LinuxReady(cfg *config.Config, links map[int]netwatch.Link, l netwatch.Link
 func OVSWaitReady(cfg *config.Config, links map[int]netwatch.Link, op ovs.Port) bool {
 	dm := Daemon{cfg: cfg, links: links}
 	return dm.ovsReady(op)
+}
+
+// untrack ends what a port that is being forgotten still runs.
+func (dm *Daemon) untrack(p *port) {
+	dm.stopListening(p)
+	if p.stopStart != nil {
+		p.stopStart()
+		p.stopStart = nil
+	}
 }

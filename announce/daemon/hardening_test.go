@@ -277,28 +277,29 @@ func waitListeners(t *testing.T, h *harness, n int) {
 // vifN.M and vifN.M-emu are one guest: when the port whose burst covered
 // both leaves while the other stays ready, the other is announced (item 13).
 func TestSiblingAnnouncedWhenBurstPortLeaves(t *testing.T) {
-	for _, how := range []string{"burst running, emu deleted", "burst running, emu loses carrier", "burst ended, emu deleted"} {
+	for _, how := range []string{"burst running, vif deleted", "burst running, vif loses carrier", "burst ended, vif deleted"} {
 		t.Run(how, func(t *testing.T) {
 			h := newHarness(t, func(c *config.Config) {
-				if how != "burst ended, emu deleted" {
+				if how != "burst ended, vif deleted" {
 					c.Schedule = longBurst
 				}
+				emuByFrame(c)
 			})
 			vif, emu := ready(10, "vif5.0"), ready(11, "vif5.0-emu")
 			h.guest("vif5.0", macA)
 			h.guest("vif5.0-emu", macA)
 			h.start(down(vif), down(emu))
+			h.link(vif)
+			h.clk.advance(100 * time.Millisecond)
 			h.link(emu)
 			h.fire(emu, macA)
-			h.clk.advance(100 * time.Millisecond)
-			h.link(vif)
 			h.wantBursts(macA, 1)
-			// The guest's PV driver unplugs the emulated NIC: from now on
-			// its traffic goes through the vif.
-			if how == "burst running, emu loses carrier" {
-				h.link(down(emu))
+			// The guest's PV driver goes away: from now on its traffic
+			// goes through the emulated NIC.
+			if how == "burst running, vif loses carrier" {
+				h.link(down(vif))
 			} else {
-				h.del(emu)
+				h.del(vif)
 			}
 			h.settle()
 			h.wantBursts(macA, 2)
@@ -309,9 +310,9 @@ func TestSiblingAnnouncedWhenBurstPortLeaves(t *testing.T) {
 			if last.kind != "rarp" && last.kind != "garp" && last.kind != "na" {
 				t.Fatalf("last frame %+v", last)
 			}
-			// The vif staying is the same arrival from here on.
+			// The tap staying is the same arrival from here on.
 			h.clk.advance(time.Minute)
-			h.link(vif)
+			h.link(emu)
 			h.wantBursts(macA, 2)
 		})
 	}

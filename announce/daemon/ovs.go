@@ -82,7 +82,7 @@ func (dm *Daemon) OVSEvent(ev ovs.Event) {
 		delete(dm.ovsPortsMap(), op.Name)
 		if p != nil {
 			dm.leave(p, "deleted")
-			dm.stopListening(p)
+			dm.untrack(p)
 			delete(dm.ports, key)
 		}
 		dm.gaugePorts()
@@ -93,7 +93,7 @@ func (dm *Daemon) OVSEvent(ev ovs.Event) {
 		// A row for a name a Linux bridge holds now: netlink wins.
 		if p != nil {
 			dm.leave(p, "on a Linux bridge")
-			dm.stopListening(p)
+			dm.untrack(p)
 			delete(dm.ports, key)
 		}
 		dm.gaugePorts()
@@ -103,7 +103,7 @@ func (dm *Daemon) OVSEvent(ev ovs.Event) {
 		// Deleted and created again under the same name between two reads:
 		// a new port, whose arrival is new too.
 		dm.leave(p, "re-created")
-		dm.stopListening(p)
+		dm.untrack(p)
 		delete(dm.ports, key)
 		p = nil
 	}
@@ -166,7 +166,7 @@ func (dm *Daemon) ovsLinkEvent(ev netwatch.Event, now time.Time) bool {
 	// A port that moved from a Linux bridge to the kernel datapath.
 	if lp := dm.ports[linuxKey(l.Index)]; lp != nil {
 		dm.leave(lp, "moved to Open vSwitch")
-		dm.stopListening(lp)
+		dm.untrack(lp)
 		delete(dm.ports, lp.key)
 	}
 	if op, ok := dm.ovsPorts[l.Name]; ok {
@@ -193,7 +193,7 @@ func (dm *Daemon) ovsTrack(op ovs.Port) *port {
 		if lp.backend != linuxBridge || lp.name != op.Name {
 			continue
 		}
-		dm.stopListening(lp)
+		dm.untrack(lp)
 		if lp.frameSeen {
 			p.frameSeen, p.frameMAC, p.frameAt = true, lp.frameMAC, lp.frameAt
 		}
@@ -205,6 +205,9 @@ func (dm *Daemon) ovsTrack(op ovs.Port) *port {
 	}
 	if tr == config.TriggerGuestFrame && !p.frameSeen {
 		dm.startListening(p)
+	}
+	if tr == config.TriggerXenStart {
+		dm.followStart(p)
 	}
 	if tr != config.TriggerManual {
 		dm.prefetch(p)

@@ -227,10 +227,12 @@ func TestXenWaitReadyNeverReady(t *testing.T) {
 
 // TestXenWaitReadyHVMOnePort: an HVM guest has a PV vif and an emulated
 // tap (XenServer's tapD.N, xl's vifD.N-emu), and only the one it uses comes
-// alive. Without PV drivers that is the tap (carrier, then the guest's
-// first frame); with them, the vif (carrier) while QEMU holds the tap open
-// but the guest never speaks through it. Either way the guest is announced
-// once, through the live port.
+// alive. Without PV drivers that is the tap: on XenServer carrier, then the
+// guest's first frame; with xl carrier, then the domain's start (xl renames
+// NAME--incoming to NAME right before unpausing it; a silent guest sends no
+// frame). With PV drivers it is the vif (carrier) while QEMU holds the tap
+// open but the guest never speaks through it. Either way the guest is
+// announced once, through the live port. The real xl path runs in e2e/xen.
 func TestXenWaitReadyHVMOnePort(t *testing.T) {
 	for _, tc := range []struct {
 		name, tap string
@@ -246,6 +248,10 @@ func TestXenWaitReadyHVMOnePort(t *testing.T) {
 			h.addVif(t, g, "vif7.0", "eth0")
 			h.addTap(t, tc.tap)
 			xs := xenstore(t, 7, uuid7, vif7)
+			xl := strings.HasSuffix(tc.tap, "-emu")
+			if xl {
+				xs.Write("/local/domain/7/name", "guest7--incoming")
+			}
 			cfg := writeConfig(t, "{}\n")
 			cap := startCapture(t, h.sw, "swp")
 
@@ -260,11 +266,16 @@ func TestXenWaitReadyHVMOnePort(t *testing.T) {
 			}
 			alive := time.Now()
 			want := tc.tap
-			if tc.pv {
+			switch {
+			case tc.pv:
 				want = "vif7.0"
 				g.MustRun(t, "ip", "link", "set", "eth0", "up")
-			} else if _, err := writeFD(fd, guestFrame(mustMAC(t, mac7))); err != nil {
-				t.Fatal(err)
+			case xl:
+				xs.Write("/local/domain/7/name", "guest7")
+			default:
+				if _, err := writeFD(fd, guestFrame(mustMAC(t, mac7))); err != nil {
+					t.Fatal(err)
+				}
 			}
 			r := waitAnnounce(t, p)
 			if r.Code != 0 {

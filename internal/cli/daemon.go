@@ -23,6 +23,8 @@ import (
 	"github.com/selfannounce/selfannounce/announce/plan"
 	"github.com/selfannounce/selfannounce/announce/resolve"
 	"github.com/selfannounce/selfannounce/announce/send"
+	"github.com/selfannounce/selfannounce/announce/xenstart"
+	"github.com/selfannounce/selfannounce/announce/xenstore"
 )
 
 type daemonCmd struct {
@@ -125,7 +127,7 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 	res := &reloadable{}
 	res.set(cfg)
 	defer res.close()
-	dm := daemon.New(cfg, daemon.Deps{
+	deps := daemon.Deps{
 		Log:          log,
 		Engine:       engine,
 		Linux:        &linuxPlanner{cfg: res, sender: sender, host: linuxbr.NewHost("/sys"), fdb: fdb},
@@ -133,7 +135,11 @@ func (d *daemonCmd) run(cmd *cobra.Command, _ []string) error {
 		Resolve:      res.resolve,
 		HostIPs:      hostIPs.List,
 		ListenFrames: func(ifindex int) (daemon.FrameListener, error) { return guestframe.Listen(ifindex) },
-	})
+	}
+	if w := xenStartWatcher(cfg.XenstorePath); w != nil {
+		deps.XenStarted = w.Follow
+	}
+	dm := daemon.New(cfg, deps)
 	defer dm.Close()
 
 	var opts []netwatch.Option
@@ -227,4 +233,20 @@ func (l *linuxPlanner) PlanLinks(links []linuxbr.TableLink, port string, g annou
 	h := &linuxbr.TableHost{Links: links, Filtering: linuxbr.SysfsVLANFiltering("/sys"), VLANTables: linuxbr.NetlinkVLANTables}
 	lp := plan.Linux{Host: h, Sender: l.sender, VMPorts: l.cfg.cfg().VMPorts, RepairFDB: l.fdb.Repair}
 	return lp.Plan(port, g)
+}
+
+// xenStartWatcher follows Xen domains' starts for the xen-start trigger
+// over its own xenstore connection, dialled when a port first needs it (a
+// KVM host never dials). The path is the one the daemon started with; "off"
+// turns xenstore off, and xen-start ports then fall back to carrier.
+func xenStartWatcher(path string) *xenstart.Watcher {
+	if path == "off" {
+		return nil
+	}
+	return xenstart.New(func() (xenstart.Store, error) {
+		if path == "" {
+			return xenstore.DialDefault()
+		}
+		return xenstore.Dial(path)
+	})
 }

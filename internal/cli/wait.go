@@ -12,11 +12,14 @@ import (
 	"github.com/selfannounce/selfannounce/announce/guestframe"
 	"github.com/selfannounce/selfannounce/announce/netwatch"
 	"github.com/selfannounce/selfannounce/announce/ovs"
+	"github.com/selfannounce/selfannounce/announce/resolve"
+	"github.com/selfannounce/selfannounce/announce/xenstart"
 )
 
 // waitReady waits, event-driven, until in every group one port is ready by
 // the daemon's rules (and, for guest-frame ports, has carried a frame from
-// the guest), or until timeout. A group is one guest's ports: a Xen HVM
+// the guest; for xen-start ports, its Xen domain has started here), or
+// until timeout. A group is one guest's ports: a Xen HVM
 // guest has a PV vif and an emulated tap, and only the one it uses becomes
 // ready. It returns the ready ports, and an error for every port of a group
 // that never got there.
@@ -62,11 +65,38 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups 
 	framed := map[string]bool{}
 	listening := map[string]bool{}
 	frames := make(chan string, len(ports))
+	// xen-start ports: the domain's start, followed from the beginning
+	// (a hook runs while xl still holds an incoming domain paused).
+	startedOK := map[string]bool{}
+	starts := make(chan string, len(ports))
+	if xw := xenStartWatcher(cfg.XenstorePath); xw != nil {
+		for _, name := range ports {
+			if !needsStart(cfg, name) {
+				continue
+			}
+			domid, _, ok := resolve.ParseXenPort(name)
+			if !ok {
+				startedOK[name] = true
+				continue
+			}
+			stop := xw.Follow(domid, func(ev xenstart.Event) {
+				if ev.Unknown {
+					log.Warn("xenstore cannot tell whether the domain has started; going by carrier", zap.String("port", name), zap.Error(ev.Err))
+				}
+				starts <- name
+			})
+			defer stop()
+		}
+	} else {
+		for _, name := range ports {
+			startedOK[name] = true
+		}
+	}
 	done := make(chan struct{})
 	got := map[string]bool{}
 	check := func() {
 		for name := range want {
-			if ready[name] && (framed[name] || !needsFrame(cfg, name)) {
+			if ready[name] && (framed[name] || !needsFrame(cfg, name)) && (startedOK[name] || !needsStart(cfg, name)) {
 				delete(want, name)
 				got[name] = true
 				log.Info("port ready", zap.String("port", name))
@@ -159,6 +189,11 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups 
 			framed[name] = true
 			check()
 			mu <- struct{}{}
+		case name := <-starts:
+			<-mu
+			startedOK[name] = true
+			check()
+			mu <- struct{}{}
 		case <-ctx.Done():
 			<-mu
 			for _, g := range groups {
@@ -167,7 +202,10 @@ func waitReady(ctx context.Context, log *zap.Logger, cfg *config.Config, groups 
 						continue
 					}
 					why := "not attached, up, with carrier and forwarding"
-					if ready[name] {
+					switch {
+					case ready[name] && needsStart(cfg, name) && !startedOK[name]:
+						why = "its Xen domain has not started here yet"
+					case ready[name]:
 						why = "no frame from the guest yet"
 					}
 					errs[name] = fmt.Errorf("port %s not ready after %v: %s", name, timeout, why)
@@ -191,4 +229,9 @@ func copyReady(m map[string]bool) map[string]bool {
 func needsFrame(cfg *config.Config, port string) bool {
 	t, _ := cfg.TriggerFor(port)
 	return t == config.TriggerGuestFrame
+}
+
+func needsStart(cfg *config.Config, port string) bool {
+	t, _ := cfg.TriggerFor(port)
+	return t == config.TriggerXenStart
 }

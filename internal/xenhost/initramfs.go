@@ -16,13 +16,23 @@ type Guest struct {
 	// Neighbours are static ARP entries (IP -> MAC). With ARP off on eth0
 	// the guest resolves nothing and sends nothing on its own: a silent VM.
 	Neighbours map[string]string
+	// Driver is the NIC driver module, relative to the kernel's module
+	// directory: netfront (the default) for a PVH guest, e1000 for an HVM
+	// guest on an emulated NIC.
+	Driver string
 }
+
+// Drivers for Guest.Driver.
+const (
+	DriverNetfront = "kernel/drivers/net/xen-netfront.ko"
+	DriverE1000    = "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"
+)
 
 // Busybox is where Debian's busybox-static puts its binary.
 const Busybox = "/bin/busybox"
 
 // BuildInitramfs writes a gzip'd newc initramfs for g into dir and returns
-// its path: busybox-static, the xen-netfront module of the running kernel
+// its path: busybox-static, the NIC driver module from the kernel package
 // (modulesDir/<abi>/...), and an init that configures eth0 and then idles.
 // Nothing is committed: it is built from the installed packages each time.
 func BuildInitramfs(dir, modulesDir, abi string, g Guest) (string, error) {
@@ -30,16 +40,20 @@ func BuildInitramfs(dir, modulesDir, abi string, g Guest) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("guest initramfs: busybox-static: %w", err)
 	}
-	nf, err := os.ReadFile(filepath.Join(modulesDir, abi, "kernel/drivers/net/xen-netfront.ko"))
+	driver := g.Driver
+	if driver == "" {
+		driver = DriverNetfront
+	}
+	nf, err := os.ReadFile(filepath.Join(modulesDir, abi, driver))
 	if err != nil {
-		return "", fmt.Errorf("guest initramfs: xen-netfront module: %w", err)
+		return "", fmt.Errorf("guest initramfs: NIC driver: %w", err)
 	}
 	var w cpioWriter
 	for _, d := range []string{"bin", "dev", "proc", "sys"} {
 		w.dir(d)
 	}
 	w.file("bin/busybox", 0o755, bb)
-	w.file("xen-netfront.ko", 0o644, nf)
+	w.file("nic.ko", 0o644, nf)
 	w.file("init", 0o755, []byte(guestInit(g)))
 	w.trailer()
 	var out bytes.Buffer
@@ -68,7 +82,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-insmod /xen-netfront.ko
+insmod /nic.ko
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 sysctl -w net.ipv4.conf.all.arp_notify=0 >/dev/null

@@ -27,7 +27,7 @@ func TestBuildInitramfs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cpio -t: %v: %s", err, out)
 	}
-	for _, f := range []string{"bin/busybox", "xen-netfront.ko", "init"} {
+	for _, f := range []string{"bin/busybox", "nic.ko", "init"} {
 		if !strings.Contains(string(out), f) {
 			t.Errorf("initramfs lacks %s: %s", f, out)
 		}

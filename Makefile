@@ -33,7 +33,7 @@ deps:
 # Xen under QEMU. The kernel .deb is only downloaded, never installed: the
 # tests unpack it. Its ABI is whatever linux-image-amd64 points at today.
 VM_DEB_DIR := /var/cache/selfannounce/debs
-VM_PKGS    := qemu-system-x86 busybox-static kmod dpkg xen-hypervisor-4.17-amd64 xen-utils-4.17
+VM_PKGS    := qemu-system-x86 qemu-system-xen busybox-static kmod dpkg xen-hypervisor-4.17-amd64 xen-utils-4.17
 deps-vm:
 	$(call apt_install,$(VM_PKGS))
 	@abi=$$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: linux-image-\([0-9].*-amd64\)$$/\1/p' | head -n1); \

@@ -24,6 +24,7 @@ import (
 type CarrierWatch struct {
 	fd      int
 	skip    string // the vif the guest has now: its carrier is old news
+	emu     bool   // watch vifN.M-emu taps, not netback vifs
 	floor   *packet.Conn
 	frame   []byte
 	mu      sync.Mutex
@@ -32,9 +33,19 @@ type CarrierWatch struct {
 	done    chan struct{}
 }
 
-// WatchCarrier starts watching. skip is the guest's current vif. When
-// floorDev is not empty, frame goes out on it at the first new carrier.
+// WatchCarrier starts watching netback vifs. skip is the guest's current
+// vif. When floorDev is not empty, frame goes out on it at the first new
+// carrier.
 func WatchCarrier(skip, floorDev string, frame []byte) (*CarrierWatch, error) {
+	return watchCarrier(skip, floorDev, frame, false)
+}
+
+// WatchTapCarrier watches xl's emulated-NIC taps (vifN.M-emu) instead.
+func WatchTapCarrier(skip string) (*CarrierWatch, error) {
+	return watchCarrier(skip, "", nil, true)
+}
+
+func watchCarrier(skip, floorDev string, frame []byte, emu bool) (*CarrierWatch, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, err
@@ -44,7 +55,7 @@ func WatchCarrier(skip, floorDev string, frame []byte) (*CarrierWatch, error) {
 		return nil, err
 	}
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	w := &CarrierWatch{fd: fd, skip: skip, frame: frame, carrier: map[string]time.Time{}, done: make(chan struct{})}
+	w := &CarrierWatch{fd: fd, skip: skip, frame: frame, emu: emu, carrier: map[string]time.Time{}, done: make(chan struct{})}
 	if floorDev != "" {
 		ifi, err := net.InterfaceByName(floorDev)
 		if err == nil {
@@ -93,7 +104,7 @@ func (w *CarrierWatch) loop() {
 					name = strings.TrimRight(string(a.Value), "\x00")
 				}
 			}
-			if !strings.HasPrefix(name, "vif") || strings.HasSuffix(name, "-emu") || name == w.skip {
+			if !strings.HasPrefix(name, "vif") || strings.HasSuffix(name, "-emu") != w.emu || name == w.skip {
 				continue
 			}
 			w.mu.Lock()

@@ -51,6 +51,7 @@ command=$1
 type_if=vif
 for a in "$@"; do case "$a" in type_if=*) type_if=${a#type_if=} ;; esac; done
 dev=${vif:-}
+[ "$type_if" = tap ] && dev=${INTERFACE:-}
 bridge=$(xenstore-read "$XENBUS_PATH/bridge")
 case "$command" in
 online | add) ip link set dev "$dev" master "$bridge" up ;;

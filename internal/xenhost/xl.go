@@ -162,9 +162,13 @@ func ConsoleLog(name string) string {
 
 // WaitConsole waits until the guest's console log holds substr.
 func (h *Host) WaitConsole(ctx context.Context, name, substr string, d time.Duration) error {
+	return h.waitLog(ctx, name, ConsoleLog(name), substr, d)
+}
+
+func (h *Host) waitLog(ctx context.Context, name, path, substr string, d time.Duration) error {
 	end := time.Now().Add(d)
 	for {
-		b, _ := os.ReadFile(ConsoleLog(name))
+		b, _ := os.ReadFile(path)
 		if strings.Contains(string(b), substr) {
 			return nil
 		}

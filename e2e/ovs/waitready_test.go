@@ -36,7 +36,7 @@ func TestWaitReadyOVSCarrier(t *testing.T) {
 	if r := o.Wait(t, 10*time.Second); r.Code != 0 {
 		t.Fatalf("exit %d, want 0; stderr:\n%s", r.Code, r.Stderr)
 	}
-	fs := cap.waitFrom(mac1, 10, 2*time.Second)
+	fs := cap.waitFrom(mac1, 10, 5*time.Second)
 	if n := len(rarps(fs)); n != 5 {
 		t.Errorf("%d RARPs on the trunk, want 5 (one QEMU-schedule burst)", n)
 	}

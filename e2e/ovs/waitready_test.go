@@ -33,7 +33,8 @@ func TestWaitReadyOVSCarrier(t *testing.T) {
 	}
 
 	up := h.carrierUp("vif1.0")
-	if r := o.Wait(t, 10*time.Second); r.Code != 0 {
+	r := o.Wait(t, 10*time.Second)
+	if r.Code != 0 {
 		t.Fatalf("exit %d, want 0; stderr:\n%s", r.Code, r.Stderr)
 	}
 	fs := cap.waitFrom(mac1, 10, 5*time.Second)
@@ -42,6 +43,10 @@ func TestWaitReadyOVSCarrier(t *testing.T) {
 	}
 	if len(fs) != 10 {
 		t.Errorf("%d frames from the guest MAC, want 10 (5 rounds of RARP and GARP)", len(fs))
+		for _, f := range fs {
+			t.Logf("  %+.3f ms after carrier: ethertype %#04x", float64(f.At.Sub(up))/1e6, f.EtherType())
+		}
+		t.Logf("announce stderr:\n%s", r.Stderr)
 	}
 	for i, f := range fs {
 		if f.At.Before(up) {

@@ -19,12 +19,21 @@ import (
 // Each hook is run as its hypervisor runs it: the same argv, environment
 // and stdin, with stdout and stderr on pipes the runner reads to EOF (as
 // xenopsd and libvirtd do, so a detached child that kept them open would
-// hold the migration up and fail the timing check). Around the hook stand
-// the real logger(1), writing to a syslog socket the test reads, and two
-// stand-ins: announce, which records its argv and then hangs or fails, and
+// hold the migration up). Around the hook stand the real logger(1),
+// writing to a syslog socket the test reads, and two stand-ins: announce,
+// which records its argv and then hangs (for hangFor) or fails, and
 // systemctl, which says whether the daemon is active (no systemd here).
 
-const quick = time.Second // what "returns at once" means
+// hangFor is how long the hanging stand-in announce runs. A hook that
+// waited for it, or left it holding the runner's pipes, returns no sooner.
+const hangFor = 120 * time.Second
+
+// quick bounds how long a hook may hold its caller: far below hangFor, so
+// waiting for announce fails, and far above what a loaded machine needs
+// to run a shell script. That the hook did not wait is proven by order,
+// not by this bound: checkDetached finds the announce it launched still
+// running after the hook returned.
+const quick = 20 * time.Second
 
 type announceMode string
 
@@ -35,6 +44,7 @@ const (
 
 type lab struct {
 	t      *testing.T
+	mode   announceMode
 	dir    string
 	bin    string
 	rec    string
@@ -51,7 +61,7 @@ func newLab(t *testing.T, mode announceMode, daemonActive bool) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, dir: dir, bin: filepath.Join(dir, "bin"), rec: filepath.Join(dir, "rec")}
+	l := &lab{t: t, mode: mode, dir: dir, bin: filepath.Join(dir, "bin"), rec: filepath.Join(dir, "rec")}
 	t.Cleanup(func() { l.killAnnounces(); os.RemoveAll(dir) })
 	for _, d := range []string{l.bin, l.rec} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -61,7 +71,7 @@ func newLab(t *testing.T, mode announceMode, daemonActive bool) *lab {
 	l.syslog = newSyslogSink(t, filepath.Join(dir, "log.sock"))
 	realLogger, _ := exec.LookPath("logger")
 
-	behaviour := "exec sleep 30"
+	behaviour := fmt.Sprintf("exec sleep %d", int(hangFor/time.Second))
 	if mode == fail {
 		behaviour = `echo "announce: no such port" >&2; exit 1`
 	}
@@ -148,7 +158,10 @@ func (l *lab) launches(want int) [][]string {
 }
 
 // checkDetached asserts every recorded announce runs in a session of its
-// own with stdin on /dev/null: nothing ties it to the hook's runner.
+// own with stdin on /dev/null: nothing ties it to the hook's runner. For
+// the hanging stand-in it also asserts each is still running now, after
+// the hook returned: the hook did not wait for it, and did not hold its
+// caller until it ended.
 func (l *lab) checkDetached() {
 	l.t.Helper()
 	mySID, _ := getsid()
@@ -162,7 +175,33 @@ func (l *lab) checkDetached() {
 		if !strings.Contains(s, "stdin=/dev/null") || strings.Contains(s, fmt.Sprintf("sid=%d\n", mySID)) {
 			l.t.Errorf("announce not detached from the hook's caller: %s", s)
 		}
+		if l.mode != hang {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), "announce."), ".proc"))
+		if err != nil || pid <= 1 {
+			l.t.Errorf("announce record %s names no pid", f)
+			continue
+		}
+		// An ended one may linger as a zombie until something reaps it.
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err != nil || procState(string(st)) == "Z" {
+			l.t.Errorf("the announce the hook launched (pid %d) had already ended when the hook returned: the hook waited for it", pid)
+		}
 	}
+}
+
+// procState is the state letter of a /proc/PID/stat line (after the
+// parenthesised command name, which may hold spaces).
+func procState(stat string) string {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 func getsid() (int, error) {

@@ -61,11 +61,10 @@ func TestLibvirtHookRealLibvirtd(t *testing.T) {
 	dst.syslog.expect(t, "libvirt: domain "+name+": incoming migration")
 	dst.syslog.expect(t, "libvirt: domain "+name+": handed "+ifs[0].Dev+" ("+mac+")")
 	argvIs(t, src.launches(0))
-	// The stand-in announce sleeps 30 s; had the hook waited for it,
-	// libvirt would have too.
-	if took > 20*time.Second {
-		t.Fatalf("migration took %v: the hook held libvirt", took)
-	}
+	// The stand-in announce hangs for hangFor; had the hook waited for it,
+	// libvirt would have too, and it would be over by now: checkDetached
+	// above found it still running. How long the migration took is the
+	// machine's business and only logged.
 	if st := b.Virsh(t, "domstate", "--reason", name); !strings.Contains(st, "running (migrated)") {
 		t.Fatalf("domstate on destination: %q", st)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/selfannounce/selfannounce/announce/send"
 	"github.com/selfannounce/selfannounce/internal/netlab"
 	"github.com/selfannounce/selfannounce/internal/testenv"
+	"github.com/selfannounce/selfannounce/internal/wiretest"
 )
 
 // lab is a Linux-bridge host: br0 with uplink up0 (peer sw0 in the switch
@@ -61,6 +62,10 @@ for d in br0 up0 vif1.0 br1 vif2.0 lone0 lone1; do ip link set $d up; done
 	l.sw.MustRun(t, "ip", "link", "set", "sw0", "up")
 	l.guest.MustRun(t, "ip", "link", "set", "eth0", "up")
 	l.guest.MustRun(t, "ip", "link", "set", "eth1", "up")
+	// Carrier reaches a veth's bridge port only when the kernel's link
+	// watch runs (up to a second, longer on a loaded machine): until then
+	// the uplink has "no carrier" and Resolve rightly refuses it.
+	wiretest.WaitForwarding(t, l.host, 10*time.Second, "up0", "vif1.0", "vif2.0")
 	return l
 }
 

@@ -298,10 +298,17 @@ func TestPortLifecycle(t *testing.T) {
 		forwardingAt = time.Now()
 		return v[vif.Index].STP == STPForwarding
 	})
-	if d := forwardingAt.Sub(learningAt); d < 1500*time.Millisecond {
-		t.Errorf("learning lasted %v, want about forward_delay (2s)", d)
+	// Reported forwarding is the kernel's forwarding, not an early guess:
+	// the kernel agrees right after (it only leaves forwarding on a
+	// topology change, and this bridge has none).
+	if st := ns.MustRun(t, "cat", "/sys/class/net/vif/brport/state"); st != "3" {
+		t.Errorf("watcher reported forwarding while the kernel's brport state is %s", st)
 	}
-	t.Logf("carrier to forwarding: %v", forwardingAt.Sub(start))
+	// How long learning lasted is the kernel's forward_delay (2 s) as this
+	// test's polling saw it, which a loaded machine skews either way: it
+	// is logged. The watcher's part is reporting the states in the
+	// kernel's order, checked below.
+	t.Logf("learning reported for %v (forward_delay 2s); carrier to forwarding: %v", forwardingAt.Sub(learningAt), forwardingAt.Sub(start))
 	r.mu.Lock()
 	trail := stpTrail(r.events, vif.Index)
 	r.mu.Unlock()

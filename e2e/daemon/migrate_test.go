@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,12 +95,15 @@ func TestNothingBeforeCarrier(t *testing.T) {
 	}
 }
 
-// stateLog polls a bridge port's STP state inside the namespace, stamping
-// each reading just after it was taken.
+// stateLog polls a bridge port's STP state inside the namespace. Each
+// reading is stamped just before and just after it was taken, and each
+// bound uses the stamp that a slow poller cannot make wrong: a port not
+// yet forwarding when read was not forwarding at the stamp before the
+// read; one forwarding when read was forwarding by the stamp after it.
 type stateLog struct {
 	mu       sync.Mutex
-	lastNot3 time.Time // last reading that was not forwarding
-	first3   time.Time // first reading of forwarding
+	lastNot3 time.Time // before the last reading that was not forwarding
+	first3   time.Time // after the first reading of forwarding
 	seen     map[int]bool
 }
 
@@ -107,7 +111,7 @@ func pollBrportState(t *testing.T, l *lab.Lab, port string) *stateLog {
 	t.Helper()
 	s := &stateLog{seen: map[int]bool{}}
 	script := fmt.Sprintf(`f=/sys/class/net/%s/brport/state
-while :; do s=; read s < $f 2>/dev/null || s=-1; echo "$EPOCHREALTIME $s"; sleep 0.005; done`, port)
+while :; do s=; a=$EPOCHREALTIME; read s < $f 2>/dev/null || s=-1; echo "$a $EPOCHREALTIME $s"; sleep 0.005; done`, port)
 	cmd := l.HostB.Cmd("bash", "-c", script)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -122,23 +126,24 @@ while :; do s=; read s < $f 2>/dev/null || s=-1; echo "$EPOCHREALTIME $s"; sleep
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
-			if len(f) != 2 {
+			if len(f) != 3 {
 				continue
 			}
-			ts, err1 := strconv.ParseFloat(f[0], 64)
-			st, err2 := strconv.Atoi(f[1])
-			if err1 != nil || err2 != nil {
+			ts0, err0 := strconv.ParseFloat(f[0], 64)
+			ts1, err1 := strconv.ParseFloat(f[1], 64)
+			st, err2 := strconv.Atoi(f[2])
+			if err0 != nil || err1 != nil || err2 != nil {
 				continue
 			}
-			at := time.Unix(0, int64(ts*1e9))
+			before, after := time.Unix(0, int64(ts0*1e9)), time.Unix(0, int64(ts1*1e9))
 			s.mu.Lock()
 			s.seen[st] = true
 			if st == 3 {
 				if s.first3.IsZero() {
-					s.first3 = at
+					s.first3 = after
 				}
 			} else if s.first3.IsZero() {
-				s.lastNot3 = at
+				s.lastNot3 = before
 			}
 			s.mu.Unlock()
 		}
@@ -159,7 +164,9 @@ func (s *stateLog) get() (lastNot3, first3 time.Time, seen map[int]bool) {
 
 // Host B's bridge runs STP with a 2 s forward delay: the new port spends
 // 4 s listening and learning, dropping everything. The announcement must
-// wait for forwarding, then the migration heals.
+// wait for forwarding, and then not wait on: it follows forwarding sooner
+// than forwarding followed the resume (the kernel's own 4 s, measured in
+// the same run). Then the migration heals.
 func TestSTPForwardDelay(t *testing.T) {
 	bin := requireE2E(t)
 	requireBash(t)
@@ -194,8 +201,8 @@ func TestSTPForwardDelay(t *testing.T) {
 	if !fs[0].At.After(lastNot3) {
 		t.Errorf("first frame left %v before the port's last non-forwarding reading", lastNot3.Sub(fs[0].At))
 	}
-	if fs[0].At.Sub(first3) > time.Second {
-		t.Errorf("first frame only %v after the port reached forwarding", fs[0].At.Sub(first3))
+	if lag, floor := fs[0].At.Sub(first3), first3.Sub(resumed); lag > floor {
+		t.Errorf("first frame only %v after the port reached forwarding, longer than the %v the port took to get there", lag, floor)
 	}
 	if out, err := l.Client.Run("ping", "-c", "3", "-i", "0.1", "-W", "1", lab.GuestIP); err != nil {
 		t.Errorf("migration did not heal: %v\n%s", err, out)
@@ -241,6 +248,8 @@ func TestCarrierBeforeAttach(t *testing.T) {
 	}
 }
 
+var icmpSeq = regexp.MustCompile(`icmp_seq=(\d+)`)
+
 // A neighbour VM on host B keeps talking to the migrating VM. Before the
 // migration host B's bridge learned the VM's MAC behind its uplink; unless
 // that entry is repaired, the bridge sends the neighbour's frames to the
@@ -275,17 +284,32 @@ func TestNeighbourOnDestination(t *testing.T) {
 		t.Fatal(err)
 	}
 	resumed := time.Now()
-	// Pings every 20 ms for 2 s from the neighbour.
-	out, _ := nbr.Run("ping", "-n", "-c", "100", "-i", "0.02", "-W", "1", lab.GuestIP)
-	got := 0
+	// Pings every 20 ms for 2 s from the neighbour. Those sent before the
+	// daemon repaired host B's bridge go to the uplink and are lost: how
+	// many is the daemon's reaction time on this machine, logged, not
+	// judged. Judged: once the VM answers, it keeps answering (one outage,
+	// at the move, that ends), and the last ping is answered.
+	const pings = 100
+	out, _ := nbr.Run("ping", "-n", "-c", strconv.Itoa(pings), "-i", "0.02", "-W", "1", lab.GuestIP)
+	answered := map[int]bool{}
 	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "bytes from") {
-			got++
+		if m := icmpSeq.FindStringSubmatch(line); m != nil && strings.Contains(line, "bytes from") {
+			n, _ := strconv.Atoi(m[1])
+			answered[n] = true
 		}
 	}
-	t.Logf("neighbour: %d/100 replies in the 2 s after the resume (%v)", got, time.Since(resumed))
-	if got < 95 {
-		t.Errorf("neighbour got %d/100 replies from the migrated VM, want at least 95\n%s", got, out)
+	var missed []int
+	for seq := 1; seq <= pings; seq++ {
+		if !answered[seq] {
+			missed = append(missed, seq)
+		}
+	}
+	t.Logf("neighbour: %d/%d replies in the 2 s after the resume (%v), missed %v", len(answered), pings, time.Since(resumed), missed)
+	switch {
+	case !answered[pings]:
+		t.Errorf("the neighbour's last ping went unanswered (missed %v): host B still does not deliver to the migrated VM\n%s", missed, out)
+	case len(missed) > 0 && (missed[0] != 1 || lab.Runs(missed) > 1):
+		t.Errorf("the neighbour lost pings after the VM had answered (missed %v), want one outage at the move\n%s", missed, out)
 	}
 	if p, _ := l.FDBPort(l.HostB, lab.Bridge, lab.GuestMAC); p != lab.DstVif {
 		t.Errorf("host B bridge FDB: guest MAC on %q, want %s", p, lab.DstVif)

@@ -21,7 +21,14 @@ const (
 
 // TestOVSReactionLatency measures, on a VIF of a private OVS (userspace
 // datapath), the time from carrier to the first announcement frame on the
-// wire beyond the trunk, with kernel timestamps on the far side. Set
+// wire beyond the trunk, with kernel timestamps on the far side, and beside
+// it, in the same run, when OVS's own link_state=up reached the daemon
+// through OVSDB. Every carrier must give a frame, after the carrier. How
+// fast is measured and logged, not judged (make bench and the doc below
+// are where speed is reported); what is judged is the order that shows
+// the daemon acts on the kernel's carrier and not on OVSDB: a daemon that
+// waited for link_state would put every frame after its OVSDB report, so
+// at least a third of the reps must have the frame on the wire first. Set
 // SELFANNOUNCE_OVS_REPS to change the repetitions (default 30) and
 // SELFANNOUNCE_OVS_DOC to a markdown file to rewrite its OVS section:
 //
@@ -43,13 +50,17 @@ func TestOVSReactionLatency(t *testing.T) {
 	d := startDaemon(t, bin, h.ns, "--config", h.config("schedule: {rounds: 1}\nflap: {holddown: 0s}\n"), "--ovsdb", h.ovs.DBAddr())
 
 	var wire, ovsdb []time.Duration
+	paired, frameFirst := 0, 0
 	for i := 0; i < reps; i++ {
 		before := len(cap.from(mac1))
 		events := d.count(portEvent("vif1.0", "changed"))
 		up := h.carrierUp("vif1.0")
-		fs := cap.waitFrom(mac1, before+1, 3*time.Second)
+		fs := cap.waitFrom(mac1, before+1, 10*time.Second)
 		if len(fs) <= before {
-			t.Fatalf("rep %d: no frame within 3s of carrier", i)
+			t.Fatalf("rep %d: no frame within 10 s of carrier", i)
+		}
+		if fs[before].At.Before(up) {
+			t.Errorf("rep %d: frame on the wire %v before the carrier was raised", i, up.Sub(fs[before].At))
 		}
 		wire = append(wire, fs[before].At.Sub(up))
 		// When OVS itself reported the carrier (link_state) to OVSDB, as
@@ -58,10 +69,14 @@ func TestOVSReactionLatency(t *testing.T) {
 		linkUp := func(m map[string]any) bool {
 			return portEvent("vif1.0", "changed")(m) && strings.Contains(m["event"].(string), "link=true")
 		}
-		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 			if d.count(portEvent("vif1.0", "changed")) > events {
 				if at, ok := d.lastTS(linkUp); ok && at.After(up) {
 					ovsdb = append(ovsdb, at.Sub(up))
+					paired++
+					if fs[before].At.Before(at) {
+						frameFirst++
+					}
 					break
 				}
 			}
@@ -72,8 +87,11 @@ func TestOVSReactionLatency(t *testing.T) {
 	w, o := stats(wire), stats(ovsdb)
 	t.Logf("carrier → first frame on the wire (%d reps): %s", len(wire), w)
 	t.Logf("carrier → OVSDB link_state=up seen by the daemon (%d reps): %s", len(ovsdb), o)
-	if p50 := percentile(wire, 50); p50 > 50*time.Millisecond {
-		t.Errorf("median reaction %v, want well under 50 ms", p50)
+	t.Logf("the frame was on the wire before OVSDB's link_state=up reached the daemon in %d of %d reps", frameFirst, paired)
+	if paired == 0 {
+		t.Errorf("OVSDB never reported link_state=up to the daemon in %d reps", reps)
+	} else if 3*frameFirst < paired {
+		t.Errorf("the frame beat OVSDB's link_state=up to the daemon in only %d of %d reps: the daemon looks to wait for OVSDB, not the kernel's carrier", frameFirst, paired)
 	}
 	if doc := os.Getenv("SELFANNOUNCE_OVS_DOC"); doc != "" {
 		if err := writeDoc(doc, reps, w, o); err != nil {

@@ -44,7 +44,7 @@ func TestCarrierOnTaggedVif(t *testing.T) {
 	}
 
 	up := h.carrierUp("vif1.0")
-	fs := rarps(cap.waitFrom(mac1, 5, 3*time.Second))
+	fs := rarps(cap.waitFrom(mac1, 5, 10*time.Second))
 	if len(fs) < 5 {
 		t.Fatalf("%d RARPs from %s on the trunk after carrier, want 5 (one QEMU-schedule burst)", len(fs), mac1)
 	}
@@ -64,7 +64,7 @@ func TestCarrierOnTaggedVif(t *testing.T) {
 	if n := len(rarps(cap.from(mac1))); n != 5 {
 		t.Errorf("%d RARPs in all, want exactly one burst of 5", n)
 	}
-	if !d.waitLog(2*time.Second, func(m map[string]any) bool {
+	if !d.waitLog(10*time.Second, func(m map[string]any) bool {
 		return m["msg"] == "burst" && m["port"] == "vif1.0" && m["trigger"] == "carrier" && m["source"] == "ovsdb" && m["result"] == "completed"
 	}) {
 		t.Error("no completed carrier burst with the attached-mac identity in the daemon log")

@@ -33,15 +33,20 @@ func TestWaitReadyOVSCarrier(t *testing.T) {
 	}
 
 	up := h.carrierUp("vif1.0")
-	if r := o.Wait(t, 10*time.Second); r.Code != 0 {
+	r := o.Wait(t, 10*time.Second)
+	if r.Code != 0 {
 		t.Fatalf("exit %d, want 0; stderr:\n%s", r.Code, r.Stderr)
 	}
-	fs := cap.waitFrom(mac1, 10, 2*time.Second)
+	fs := cap.waitFrom(mac1, 10, 5*time.Second)
 	if n := len(rarps(fs)); n != 5 {
 		t.Errorf("%d RARPs on the trunk, want 5 (one QEMU-schedule burst)", n)
 	}
 	if len(fs) != 10 {
 		t.Errorf("%d frames from the guest MAC, want 10 (5 rounds of RARP and GARP)", len(fs))
+		for _, f := range fs {
+			t.Logf("  %+.3f ms after carrier: ethertype %#04x", float64(f.At.Sub(up))/1e6, f.EtherType())
+		}
+		t.Logf("announce stderr:\n%s", r.Stderr)
 	}
 	for i, f := range fs {
 		if f.At.Before(up) {

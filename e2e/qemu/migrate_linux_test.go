@@ -258,12 +258,18 @@ ovs:
 		ms(latency), ms(firstGARP.Sub(t0)))
 	t.Logf("QEMU RARP offsets (ms): %s", offsets(fromQEMU, t0))
 	t.Logf("daemon GARP offsets from its first (ms): %s", offsets(garps, garps[0].At))
-	if latency <= 0 || latency > 2*time.Second {
-		t.Errorf("reaction latency %v out of bounds", latency)
+	if latency <= 0 {
+		t.Errorf("the daemon's first frame left %v before QEMU's first RARP entered the tap", -latency)
 	}
-	for _, b := range dm.bursts() {
+	// How soon is logged above and measured by make bench; what is judged
+	// is why: the one burst was the daemon's answer to the guest's frame.
+	bursts := dm.bursts()
+	for _, b := range bursts {
 		t.Logf("daemon: burst port=%v trigger=%v source=%v result=%v frames=%v rounds=%v latency=%vs",
 			b["port"], b["trigger"], b["source"], b["result"], b["frames"], b["rounds"], b["latency"])
+	}
+	if len(bursts) != 1 || bursts[0]["trigger"] != "guest-frame" || bursts[0]["port"] != "vnet1" || bursts[0]["result"] != "completed" {
+		t.Errorf("daemon bursts %v, want one completed on vnet1 triggered by the guest's frame", bursts)
 	}
 
 	// Kernel state: the switch forwards to host B, and host B's bridge to

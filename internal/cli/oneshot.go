@@ -45,6 +45,10 @@ type oneShot struct {
 	libvirtDir  string
 	libvirtSock string
 	ovsdb       string
+	// ofPool holds the OpenFlow sessions of OVS ports' plans. It is closed
+	// after the bursts: PacketOut only queues a frame, and Close is what
+	// puts the last round on the socket before the process exits.
+	ofPool *plan.OFPool
 }
 
 func (o *oneShot) flags(c *cobra.Command) {
@@ -145,6 +149,12 @@ func (o *oneShot) run(cmd *cobra.Command, _ []string) error {
 			return runtimeErr(err)
 		}
 	}
+	// Deferred first, so it runs last: after the engine has stopped.
+	defer func() {
+		if o.ofPool != nil {
+			o.ofPool.Close()
+		}
+	}()
 	sender := send.NewPacketSender()
 	defer sender.Close()
 	lp := &plan.Linux{Host: linuxbr.NewHost("/sys"), Sender: sender, VMPorts: cfg.VMPorts}

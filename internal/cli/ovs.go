@@ -88,10 +88,11 @@ func linuxBridgePort(port string) bool {
 	return err == nil && k == linuxbr.KindBridge
 }
 
-// planOVS plans a packet-out on an OVS port for the one-shot. It returns
+// planOVS plans a packet-out on an OVS port for the one-shot, on a session
+// from pool, which the caller closes once the burst is over. It returns
 // errNotOVS when OVSDB does not know the port, so the caller keeps the
 // Linux-bridge error.
-func planOVS(ctx context.Context, cfg *config.Config, port string, g announce.Guest) (*plan.Plan, error) {
+func planOVS(ctx context.Context, cfg *config.Config, pool *plan.OFPool, port string, g announce.Guest) (*plan.Plan, error) {
 	ports, err := ovsPorts(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -99,8 +100,7 @@ func planOVS(ctx context.Context, cfg *config.Config, port string, g announce.Gu
 	if _, ok := ovs.Find(ports, port); !ok {
 		return nil, errNotOVS
 	}
-	// The process ends with its burst; the session goes with it.
-	o := plan.OVS{Ports: plan.StaticPorts(ports), Pool: plan.NewOFPool(nil), RunDir: cfg.OVSRundir, Action: ofAction(cfg)}
+	o := plan.OVS{Ports: plan.StaticPorts(ports), Pool: pool, RunDir: cfg.OVSRundir, Action: ofAction(cfg)}
 	return o.Plan(port, g)
 }
 

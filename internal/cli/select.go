@@ -151,7 +151,10 @@ func (o *oneShot) planPath(ctx context.Context, lp *plan.Linux, cfg *config.Conf
 		return pl, nil
 	}
 	if errors.Is(err, linuxbr.ErrOVSPort) || errors.Is(err, linuxbr.ErrNotBridgePort) {
-		if opl, oerr := planOVS(ctx, cfg, port, g); oerr == nil {
+		if o.ofPool == nil {
+			o.ofPool = plan.NewOFPool(nil)
+		}
+		if opl, oerr := planOVS(ctx, cfg, o.ofPool, port, g); oerr == nil {
 			return opl, nil
 		} else if !errors.Is(oerr, errNotOVS) {
 			return nil, oerr

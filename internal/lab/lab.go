@@ -170,6 +170,14 @@ func (l *Lab) build() (*Lab, error) {
 			return nil, err
 		}
 	}
+	if opts.OVSBond != "" {
+		// Likewise an OVS bond admits broadcasts only on its active
+		// member, which exists once ovs-vswitchd has seen a member's
+		// carrier: under TCG on a loaded host that can lag the switch.
+		if err := l.WaitOVSBond(60 * time.Second); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.guestUp(false); err != nil {
 		return nil, err
 	}

@@ -51,6 +51,28 @@ func (l *Lab) ovsHost(ns *netlab.NS, swPort string) error {
 	return l.switchPort(swPort+"2", false)
 }
 
+// WaitOVSBond waits until host B's OVS bond0 has both members enabled and
+// an active member: before that, OVS drops the broadcasts host B must see
+// (an SLB bond admits them only on its active member), and a member that
+// ovs-vswitchd enables in the middle of a test moves traffic under it.
+func (l *Lab) WaitOVSBond(timeout time.Duration) error {
+	if l.OVSB == nil || l.opts.OVSBond == "" {
+		return nil
+	}
+	end := time.Now().Add(timeout)
+	for {
+		out, err := l.OVSB.AppctlErr("bond/show", "bond0")
+		if err == nil && strings.Contains(out, "member up0: enabled") && strings.Contains(out, "member up1: enabled") &&
+			strings.Contains(out, "active member\n") {
+			return nil
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("lab: OVS bond0 did not enable both members within %v (%v):\n%s", timeout, err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // ovsPlug creates a VM port as XenServer's vif-openvswitch does: the vif
 // joins the bridge admin-up with external_ids:attached-mac, and has carrier
 // only once the guest's end (peer, in the VM namespace) comes up.
@@ -59,7 +81,11 @@ func (l *Lab) ovsPlug(ns *netlab.NS, vif, peer string) error {
 	if ns == l.HostA {
 		// The VM's one warm-up broadcast must reach host B, which the
 		// switch floods to its ports only once their link watch has run.
-		for _, p := range []string{"pA", "pB"} {
+		ports := []string{"pA", "pB"}
+		if l.opts.OVSBond != "" {
+			ports = append(ports, "pB2")
+		}
+		for _, p := range ports {
 			if err := waitForwarding(l.Switch, p, 3*time.Second); err != nil {
 				return err
 			}

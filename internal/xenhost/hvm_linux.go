@@ -65,11 +65,13 @@ func (tb *Testbed) NewHVM(ctx context.Context) (*HVM, error) {
 	if err := g.writeConfigs(hvmInitrd); err != nil {
 		return nil, err
 	}
+	var last error
 	redos, err := tb.Host.Redo(MaxRedos, func(attempt int) error {
 		if attempt > 0 {
-			tb.Log("redo %d of the HVM guest's creation", attempt)
+			tb.Log("redo %d of the HVM guest's creation: %v", attempt, last)
 		}
-		return g.create(ctx, g.Bridge)
+		last = g.create(ctx, g.Bridge)
+		return last
 	})
 	tb.Redos += redos
 	if err != nil {
@@ -143,7 +145,8 @@ func (g *HVM) Tap() string { return fmt.Sprintf("vif%d.0-emu", g.DomID) }
 // Destroy removes the HVM guest.
 func (g *HVM) Destroy() { g.tb.Host.Destroy(context.Background(), HVMName) }
 
-// HVMMoved is what an HVM migration looked like from dom0.
+// HVMMoved is what an HVM migration looked like from dom0. Its report's
+// pings start at the domain's start.
 type HVMMoved struct {
 	DomID int
 	Tap   string    // the destination's emulated-NIC tap
@@ -210,17 +213,35 @@ func (g *HVM) move(ctx context.Context, to, label string) (*HVMMoved, error) {
 		return nil, err
 	}
 	defer rw.close()
-	p, err := l.StartOpenPing(PingInterval)
-	if err != nil {
-		return nil, err
+	// The client starts pinging when the domain starts here, not before:
+	// echo requests the guest's e1000 took in just before the suspend are
+	// answered right after the resume, through the new tap, and those
+	// replies alone would move the switch. Measured from the start, the
+	// guest is as silent as the incident's.
+	type started struct {
+		p   *lab.OpenPinger
+		err error
 	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			p.Stop()
+	pc := make(chan started, 1)
+	quit := make(chan struct{})
+	go func() {
+		select {
+		case <-rw.renamed:
+			p, err := l.StartOpenPing(PingInterval)
+			pc <- started{p, err}
+		case <-quit:
+			pc <- started{nil, fmt.Errorf("%s never started on this host", HVMName)}
 		}
 	}()
-	time.Sleep(time.Second)
+	received := false
+	defer func() {
+		if !received {
+			close(quit)
+			if s := <-pc; s.p != nil {
+				s.p.Stop()
+			}
+		}
+	}()
 	start := time.Now()
 	id, err := h.Migrate(ctx, HVMName, g.Cfg[to], 10*time.Minute)
 	if err != nil {
@@ -233,9 +254,13 @@ func (g *HVM) move(ctx context.Context, to, label string) (*HVMMoved, error) {
 	if mv.Started, err = rw.wait(id, 30*time.Second); err != nil {
 		return nil, err
 	}
+	s := <-pc
+	received = true
+	if s.err != nil {
+		return nil, s.err
+	}
 	time.Sleep(time.Until(mv.Started.Add(10 * time.Second)))
-	stopped = true
-	mv.Report = l.XenReport(label, p.Stop(), to)
+	mv.Report = l.XenReport(label, s.p.Stop(), to)
 	if c := h.Crash(); c != "" {
 		return mv, &CrashError{Step: "after xl migrate " + HVMName, Lines: c, Err: context.Canceled}
 	}
@@ -249,6 +274,8 @@ type renameWatch struct {
 	mu     sync.Mutex
 	seen   map[int]time.Time
 	cancel context.CancelFunc
+	// renamed closes at the first rename.
+	renamed chan struct{}
 }
 
 func watchRename(name string, oldID int) (*renameWatch, error) {
@@ -263,7 +290,7 @@ func watchRename(name string, oldID int) (*renameWatch, error) {
 		c.Close()
 		return nil, err
 	}
-	rw := &renameWatch{c: c, seen: map[int]time.Time{}, cancel: cancel}
+	rw := &renameWatch{c: c, seen: map[int]time.Time{}, cancel: cancel, renamed: make(chan struct{})}
 	go func() {
 		for p := range events {
 			rest, ok := strings.CutPrefix(p, "/local/domain/")
@@ -282,6 +309,9 @@ func watchRename(name string, oldID int) (*renameWatch, error) {
 			if err == nil && v == name {
 				rw.mu.Lock()
 				if _, ok := rw.seen[id]; !ok {
+					if len(rw.seen) == 0 {
+						close(rw.renamed)
+					}
 					rw.seen[id] = now
 				}
 				rw.mu.Unlock()

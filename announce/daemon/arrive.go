@@ -282,12 +282,11 @@ func (dm *Daemon) decide(a *arrival, key string, log *zap.Logger) (*guest, bool)
 		// announced when the domain started, and netback's carrier now
 		// says netfront has connected. The guest's traffic goes through
 		// the vif from here on, so the vif takes over at once, holddown
-		// or not, and the tap waits in standby.
+		// or not. The tap is not kept in standby: see leave.
 		if dm.d.Engine.Cancel(key) {
 			log.Info("burst cancelled", zap.String("guest", key), zap.String("reason", "the guest's PV NIC took over from "+owner.name))
 		}
 		delete(gs.standby, p.key)
-		dm.standby(owner, key, gs)
 		a.handover = true
 	}
 	if (dm.d.Engine.Active(key) || gs.starting != "") && gs.owner != p.key {

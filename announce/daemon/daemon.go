@@ -493,6 +493,14 @@ func (dm *Daemon) leave(p *port, why string) {
 			}
 			for sk := range gs.standby {
 				delete(gs.standby, sk)
+				if sp := dm.ports[sk]; sp != nil && netbackOverEmulated(p.name, sp.name) {
+					// A netback vif losing carrier while its emulated
+					// NIC's tap stays is the guest leaving this host (the
+					// source's vif goes first) or dropping its PV driver:
+					// announcing through the tap could pull the MAC back
+					// to a host the guest has left.
+					continue
+				}
 				if sp := dm.ports[sk]; sp != nil && sp.ready && sp.announced && !sp.inflight {
 					handover = append(handover, sp)
 					break

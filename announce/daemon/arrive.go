@@ -599,9 +599,8 @@ func (dm *Daemon) prefetch(p *port) {
 // NIC whose emulated tap is other (vifN.M over vifN.M-emu with xl, over
 // tapN.M on XenServer).
 func netbackOverEmulated(port, other string) bool {
-	rest, ok := strings.CutPrefix(port, "vif")
-	if !ok || rest == "" || strings.HasSuffix(port, "-emu") {
-		return false
-	}
-	return other == port+"-emu" || other == "tap"+rest
+	d, n, ok := resolve.ParseXenPort(port)
+	od, on, ook := resolve.ParseXenPort(other)
+	netback := strings.HasPrefix(port, "vif") && !strings.HasSuffix(port, "-emu")
+	return ok && ook && netback && port != other && d == od && n == on
 }

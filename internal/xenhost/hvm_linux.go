@@ -34,6 +34,7 @@ type HVM struct {
 	Cfg    map[string]string // bridge -> config
 	Bridge string
 	DomID  int
+	initrd string
 }
 
 // NewHVM replaces the testbed's PVH guest with the HVM guest, created on
@@ -61,8 +62,8 @@ func (tb *Testbed) NewHVM(ctx context.Context) (*HVM, error) {
 	if err := os.Rename(initrd, hvmInitrd); err != nil {
 		return nil, err
 	}
-	g := &HVM{tb: tb, Cfg: map[string]string{}, Bridge: tb.Bridge}
-	if err := g.writeConfigs(hvmInitrd); err != nil {
+	g := &HVM{tb: tb, Cfg: map[string]string{}, Bridge: tb.Bridge, initrd: hvmInitrd}
+	if err := g.writeConfigs(); err != nil {
 		return nil, err
 	}
 	var last error
@@ -71,6 +72,7 @@ func (tb *Testbed) NewHVM(ctx context.Context) (*HVM, error) {
 			tb.Log("redo %d of the HVM guest's creation: %v", attempt, last)
 		}
 		last = g.create(ctx, g.Bridge)
+		g.fallBack(last)
 		return last
 	})
 	tb.Redos += redos
@@ -86,21 +88,30 @@ func (tb *Testbed) NewHVM(ctx context.Context) (*HVM, error) {
 	return g, nil
 }
 
+// fallBack is Testbed.fallBack for the HVM guest's configs too: its tap
+// and vif are plugged by the same script.
+func (g *HVM) fallBack(err error) {
+	was := g.tb.LeanHotplug
+	g.tb.fallBack(err)
+	if !was && g.tb.LeanHotplug {
+		if werr := g.writeConfigs(); werr != nil {
+			g.tb.Log("lean hotplug for the HVM guest: %v", werr)
+		}
+	}
+}
+
 // serialLog is where the device model writes the guest's serial console
 // for the config on bridge: each QEMU has its own file.
 func serialLog(bridge string) string { return "/var/log/xen/" + HVMName + "-serial-" + bridge + ".log" }
 
-func (g *HVM) writeConfigs(initrd string) error {
-	script := ""
-	if g.tb.LeanHotplug {
-		if err := os.WriteFile(LeanHotplugPath, []byte(LeanHotplugScript), 0o755); err != nil {
-			return err
-		}
-		script = ",script=" + LeanHotplugPath
+func (g *HVM) writeConfigs() error {
+	script, err := g.tb.hotplugScript()
+	if err != nil {
+		return err
 	}
 	for _, br := range []string{lab.XenBridgeA, lab.XenBridgeB} {
 		c := Config{
-			Name: HVMName, Type: "hvm", Kernel: g.tb.vmlinuz, Ramdisk: initrd, MemMB: 192,
+			Name: HVMName, Type: "hvm", Kernel: g.tb.vmlinuz, Ramdisk: g.initrd, MemMB: 192,
 			Extra: "xen_emul_unplug=never xen_nopv ipv6.disable=1 console=ttyS0",
 			Vif:   fmt.Sprintf("type=ioemu,model=e1000,mac=%s,bridge=%s,ip=%s%s", lab.GuestMAC, br, lab.GuestIP, script),
 			More: []string{
@@ -187,6 +198,7 @@ func (g *HVM) Move(ctx context.Context, to, label string, before func(attempt in
 		if err != nil {
 			g.tb.Log("%s: attempt %d: %v", label, attempt, err)
 		}
+		g.fallBack(err)
 		return err
 	})
 	g.tb.Redos += redos

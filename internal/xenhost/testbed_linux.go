@@ -74,12 +74,9 @@ const LeanHotplugPath = "/etc/xen/scripts/vif-bridge-selfannounce-lean"
 
 // writeConfigs writes the guest's config for each bridge.
 func (tb *Testbed) writeConfigs() error {
-	script := ""
-	if tb.LeanHotplug {
-		if err := os.WriteFile(LeanHotplugPath, []byte(LeanHotplugScript), 0o755); err != nil {
-			return err
-		}
-		script = ",script=" + LeanHotplugPath
+	script, err := tb.hotplugScript()
+	if err != nil {
+		return err
 	}
 	for _, br := range []string{lab.XenBridgeA, lab.XenBridgeB} {
 		c := Config{
@@ -96,6 +93,18 @@ func (tb *Testbed) writeConfigs() error {
 		}
 	}
 	return nil
+}
+
+// hotplugScript is the vif spec's script= part: empty for the packaged
+// vif-bridge, the lean script (installed now) after a fallback.
+func (tb *Testbed) hotplugScript() (string, error) {
+	if !tb.LeanHotplug {
+		return "", nil
+	}
+	if err := os.WriteFile(LeanHotplugPath, []byte(LeanHotplugScript), 0o755); err != nil {
+		return "", err
+	}
+	return ",script=" + LeanHotplugPath, nil
 }
 
 // fallBack switches to the lean hotplug script after a vif-bridge timeout.
